@@ -1,0 +1,10 @@
+"""StickerCLIP: the sticker encoder, sticker data, index and search."""
+from .data import (StickerRecord, RecordError, build_text, read_folder, read_jsonl, read_records,
+                   read_sticker820k, write_jsonl)
+from .images import StickerImage, StickerImageError, frame_indices, load_frames, load_sticker
+
+__all__ = [
+    "StickerRecord", "RecordError", "build_text", "read_folder", "read_jsonl", "read_records",
+    "read_sticker820k", "write_jsonl", "StickerImage", "StickerImageError", "frame_indices",
+    "load_frames", "load_sticker",
+]
