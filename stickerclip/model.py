@@ -1,0 +1,359 @@
+"""StickerCLIP: one model object for every source of a Chinese-CLIP sticker encoder.
+
+`load_model(name_or_path)` accepts
+  * a named config: "tiny", "tiny-llm", "default", "ViT-B-16", "ViT-L-14", "RN50" (random init);
+  * a directory written by `StickerCLIP.save()`;
+  * a `transformers` Chinese-CLIP directory or hub id (e.g. OFA-Sys/chinese-clip-vit-base-patch16);
+  * an original Chinese-CLIP / Sticker820K `.pt` checkpoint (cn_clip format) with `arch=`.
+Towers: vision is a Chinese-CLIP ViT (`transformers`) or cn_clip's ModifiedResNet (RN50); text is
+the Chinese-CLIP BERT, or ("llm") a frozen causal LM, mean-pooled, with a trained projection.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .images import load_sticker
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+FORMAT = "stickerclip/1"
+
+
+@dataclass
+class StickerCLIPConfig:
+    """Everything needed to rebuild a StickerCLIP (and its preprocessing) from scratch."""
+
+    vision: dict  # ChineseCLIPVisionConfig fields, or {"kind": "resnet", "layers": [...], "width": 64, ...}
+    text: dict  # ChineseCLIPTextConfig fields, or {"kind": "llm", "llm": name, "layer": -1, "hidden": 1024}
+    embed_dim: int = 512
+    image_size: int = 224
+    image_mean: tuple = CLIP_MEAN
+    image_std: tuple = CLIP_STD
+    context_length: int = 64
+    logit_scale_init: float = math.log(1 / 0.07)
+    name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def text_kind(self) -> str:
+        return self.text.get("kind", "bert")
+
+    @property
+    def vision_kind(self) -> str:
+        return self.vision.get("kind", "vit")
+
+
+def _vit(hidden, layers, heads, patch, image, inter=None):
+    return {"hidden_size": hidden, "intermediate_size": inter or 4 * hidden, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "patch_size": patch, "image_size": image, "hidden_act": "quick_gelu"}
+
+
+def _bert(hidden, layers, heads, inter=None):
+    return {"vocab_size": 21128, "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "intermediate_size": inter or 4 * hidden, "max_position_embeddings": 512, "type_vocab_size": 2,
+            "hidden_act": "gelu", "layer_norm_eps": 1e-12}
+
+
+def named_config(name: str) -> StickerCLIPConfig:
+    """The paper's sizes, and small ones for tests and the embedded default."""
+    from .llm import EMBEDDED_LLM
+
+    table = {
+        "tiny": dict(vision=_vit(64, 2, 2, 16, 64), text=_bert(64, 2, 2), embed_dim=32, image_size=64),
+        "tiny-llm": dict(vision=_vit(64, 2, 2, 16, 64), text={"kind": "llm", "llm": "", "layer": -1, "hidden": 64},
+                         embed_dim=32, image_size=64),
+        "default": dict(vision=_vit(192, 4, 3, 14, 112, 768),
+                        text={"kind": "llm", "llm": EMBEDDED_LLM, "layer": -1, "hidden": 1024},
+                        embed_dim=256, image_size=112),
+        "ViT-B-16": dict(vision=_vit(768, 12, 12, 16, 224), text=_bert(768, 12, 12), embed_dim=512),
+        "ViT-L-14": dict(vision=_vit(1024, 24, 16, 14, 224), text=_bert(768, 12, 12), embed_dim=768),
+        "RN50": dict(vision={"kind": "resnet", "layers": [3, 4, 6, 3], "width": 64, "heads": 32},
+                     text=_bert(768, 3, 12), embed_dim=1024),
+    }
+    if name not in table:
+        raise ValueError(f"unknown StickerCLIP config {name!r}; named configs: {', '.join(table)}")
+    return StickerCLIPConfig(name=name, **table[name])
+
+
+class LLMTextTower(nn.Module):
+    """Frozen causal LM -> mean of the chosen layer's hidden states over real tokens (BOS excluded)."""
+
+    def __init__(self, llm, tokenizer, layer: int = -1):
+        super().__init__()
+        self.llm = llm
+        self.llm.requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.layer = layer
+        self.hidden_size = llm.config.get_text_config().hidden_size
+
+    def forward(self, input_ids, attention_mask):
+        body = self.llm.get_decoder() if hasattr(self.llm, "get_decoder") else self.llm
+        out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.layer != -1)
+        hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]  # (B, T, H)
+        mask = attention_mask.clone()
+        bos = self.tokenizer.bos_token_id
+        if bos is not None:
+            mask = mask * (input_ids != bos)
+        mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+
+
+def _text_mlp(hidden: int, inner: int, embed: int) -> nn.Module:
+    return nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, embed))
+
+
+class StickerCLIP(nn.Module):
+    """Image and text towers projected into one space, with the preprocessing that feeds them."""
+
+    def __init__(self, config: StickerCLIPConfig, vision=None, visual_projection=None, text=None,
+                 text_projection=None, tokenizer=None, llm=None):
+        super().__init__()
+        from transformers import ChineseCLIPTextConfig, ChineseCLIPTextModel, ChineseCLIPVisionConfig, \
+            ChineseCLIPVisionModel
+
+        self.config = config
+        if vision is None:
+            if config.vision_kind == "resnet":
+                from cn_clip.clip.model import ModifiedResNet
+
+                v = config.vision
+                vision = ModifiedResNet(layers=v["layers"], output_dim=config.embed_dim, heads=v["heads"],
+                                        input_resolution=config.image_size, width=v["width"])
+            else:
+                vision = ChineseCLIPVisionModel(ChineseCLIPVisionConfig(**config.vision))
+        self.vision = vision
+        if visual_projection is None:
+            visual_projection = nn.Identity() if config.vision_kind == "resnet" else \
+                nn.Linear(config.vision["hidden_size"], config.embed_dim, bias=False)
+        self.visual_projection = visual_projection
+        if config.text_kind == "llm":
+            if llm is None:
+                from .llm import load_causal_lm
+
+                llm = load_causal_lm(config.text["llm"])
+            model, tok = llm
+            text = LLMTextTower(model, tok, config.text.get("layer", -1))
+            tokenizer = tok
+            if text_projection is None:
+                text_projection = _text_mlp(text.hidden_size, config.text["hidden"], config.embed_dim)
+        else:
+            if text is None:
+                text = ChineseCLIPTextModel(ChineseCLIPTextConfig(**config.text), add_pooling_layer=False)
+            if text_projection is None:
+                text_projection = nn.Linear(config.text["hidden_size"], config.embed_dim, bias=False)
+            tokenizer = tokenizer or bert_tokenizer()
+        self.text = text
+        self.text_projection = text_projection
+        self.tokenizer = tokenizer
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+
+    # ------------------------------------------------------------------------------ tensors
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) normalised pixels -> (N, D) unnormalised features."""
+        if self.config.vision_kind == "resnet":
+            return self.vision(pixel_values.to(self.vision.conv1.weight.dtype))
+        return self.visual_projection(self.vision(pixel_values=pixel_values).pooler_output)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> (B, D) unnormalised features."""
+        if self.config.text_kind == "llm":
+            return self.text_projection(self.text(input_ids, attention_mask))
+        hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        return self.text_projection(hidden[:, 0, :])
+
+    def forward(self, pixel_values, frame_counts, input_ids=None, attention_mask=None, text_states=None):
+        """Training forward: (sum F, 3, S, S) frames of N stickers and N texts -> ((N, D), (N, D)).
+
+        `text_states` (N, H) are precomputed frozen-LLM pooled states, used instead of token ids.
+        """
+        img = pool_frames(self.image_features(pixel_values), frame_counts)
+        if text_states is not None:
+            txt = self.text_projection(text_states)
+        else:
+            txt = self.text_features(input_ids, attention_mask)
+        return img, txt
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Texts -> padded ids and mask, cut to the context length (BERT texts lower-cased as cn_clip)."""
+        if self.config.text_kind != "llm":
+            texts = [t.lower().replace("“", '"').replace("”", '"') for t in texts]
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.context_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def preprocess(self, frame) -> torch.Tensor:
+        """One RGB PIL frame -> (3, S, S) normalised tensor (squash-resize, bicubic: cn_clip's eval transform)."""
+        from PIL import Image
+
+        s = self.config.image_size
+        arr = np.asarray(frame.convert("RGB").resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.config.image_mean, np.float32)) / np.asarray(self.config.image_std, np.float32)
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    # ---------------------------------------------------------------------------- encoding
+    @torch.inference_mode()
+    def encode_images(self, images, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
+        """Paths, bytes, PIL images or records -> (N, D) float32; animations average frames 0, mid, last."""
+        from .data import image_source
+
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for start in range(0, len(images), batch_size):
+                pixels, counts = [], []
+                for item in images[start:start + batch_size]:
+                    src, name = image_source(item)
+                    frames = load_sticker(src, name=name).frames
+                    pixels += [self.preprocess(f) for f in frames]
+                    counts.append(len(frames))
+                feats = self.image_features(torch.stack(pixels).to(self.device)).float()  # (F, D)
+                out.append(pool_frames(feats, counts))
+        finally:
+            self.train(was_training)
+        feats = torch.cat(out) if out else torch.zeros(0, self.config.embed_dim)
+        return _finish(feats, normalize)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts, batch_size: int = 128, normalize: bool = True) -> np.ndarray:
+        """Strings -> (N, D) float32."""
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for start in range(0, len(texts), batch_size):
+                enc = self.tokenize(list(texts[start:start + batch_size]))
+                out.append(self.text_features(enc["input_ids"].to(self.device),
+                                              enc["attention_mask"].to(self.device)).float())
+        finally:
+            self.train(was_training)
+        feats = torch.cat(out) if out else torch.zeros(0, self.config.embed_dim)
+        return _finish(feats, normalize)
+
+    # ---------------------------------------------------------------------------- save / load
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights this model owns: everything but a frozen LLM text tower."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("text.llm.")}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write config, weights (safetensors) and tokenizer files to `directory`, atomically per file."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.own_state_dict().items()}
+        _atomic(d / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+        if self.config.text_kind != "llm":
+            self.tokenizer.save_pretrained(str(d))
+        cfg = {"format": FORMAT, **asdict(self.config)}
+        _atomic(d / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2, ensure_ascii=False)))
+        return d
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def pool_frames(feats: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """(F, D) frame features, `counts` frames per sticker -> (N, D) mean per sticker.
+
+    The one place the paper's 3-frame average happens: training, indexing and queries use it.
+    """
+    if all(c == 1 for c in counts):
+        return feats
+    seg = torch.repeat_interleave(torch.arange(len(counts), device=feats.device),
+                                  torch.as_tensor(counts, device=feats.device))
+    out = torch.zeros(len(counts), feats.shape[1], dtype=feats.dtype, device=feats.device)
+    out.index_add_(0, seg, feats)
+    return out / torch.as_tensor(counts, dtype=feats.dtype, device=feats.device).unsqueeze(1)
+
+
+def _finish(feats: torch.Tensor, normalize: bool) -> np.ndarray:
+    if normalize:
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+    return feats.cpu().numpy().astype(np.float32)
+
+
+def bert_tokenizer(directory: str | os.PathLike | None = None):
+    """Chinese BERT WordPiece tokenizer: from `directory` if it has vocab.txt, else cn_clip's vocabulary."""
+    from transformers import BertTokenizer
+
+    vocab = Path(directory) / "vocab.txt" if directory else None
+    if vocab is None or not vocab.is_file():
+        import cn_clip.clip
+
+        vocab = Path(cn_clip.clip.__file__).parent / "vocab.txt"
+    return BertTokenizer(str(vocab), do_lower_case=True)
+
+
+# -------------------------------------------------------------------------------------- loading
+def load_model(name_or_path: str, device=None, arch=None, llm=None) -> StickerCLIP:
+    """One StickerCLIP from any source (see the module docstring).
+
+    `arch` names the architecture of a cn_clip `.pt` checkpoint ("ViT-B-16", "RN50", ... or a
+    cn_clip model-info dict). `llm` overrides the text LLM of an "llm" text tower: a name or a
+    (model, tokenizer) pair already loaded.
+    """
+    from .convert import from_cn_clip_checkpoint, from_transformers
+
+    src = str(name_or_path)
+    p = Path(src)
+    if p.is_file() and p.suffix in (".pt", ".pth", ".bin"):
+        model = from_cn_clip_checkpoint(p, arch)
+    elif (p / "config.json").is_file() and json.loads((p / "config.json").read_text()).get("format") == FORMAT:
+        model = _load_saved(p, llm)
+    elif p.exists() or "/" in src:
+        if p.exists() and not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p}: no config.json: not a StickerCLIP or transformers Chinese-CLIP directory")
+        model = from_transformers(src)
+    else:
+        cfg = named_config(src)
+        model = StickerCLIP(cfg, llm=_llm_arg(cfg, llm))
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def _llm_arg(cfg: StickerCLIPConfig, llm):
+    if cfg.text_kind != "llm":
+        return None
+    if isinstance(llm, tuple):
+        return llm
+    from .llm import load_causal_lm
+
+    name = llm or cfg.text["llm"]
+    if not name:
+        raise ValueError("this config's text tower is an LLM: pass llm= (a name or (model, tokenizer))")
+    cfg.text["llm"] = name
+    return load_causal_lm(name)
+
+
+def _load_saved(d: Path, llm=None) -> StickerCLIP:
+    from safetensors.torch import load_file
+
+    raw = json.loads((d / "config.json").read_text())
+    raw.pop("format", None)
+    cfg = StickerCLIPConfig(**{k: tuple(v) if k in ("image_mean", "image_std") else v for k, v in raw.items()})
+    tok = bert_tokenizer(d) if cfg.text_kind != "llm" else None
+    model = StickerCLIP(cfg, tokenizer=tok, llm=_llm_arg(cfg, llm))
+    state = load_file(str(d / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("text.llm.")]
+    if missing or unexpected:
+        raise ValueError(f"{d}/model.safetensors does not match its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return model

@@ -1,0 +1,121 @@
+"""Evaluate StickerCLIP retrieval with the paper's protocol (Table 1).
+
+    python -m train.eval_stickerclip --model M --data MANIFEST_OR_DIR [--split test] [--report DIR]
+
+Prints one JSON object: {"t2i": {R@1, R@5, R@10, MR}, "i2t": {...}, "n": N, "model": M, "data": D}
+in percent; a hit when the paired item is in the top K over the whole test set. Texts are built in
+the fixed field order. `--report DIR` writes `DIR/report.md` (the table) and `DIR/topk.png`: a grid of
+text queries with their top-5 stickers, the paired one framed in green (like the paper's Fig. 6).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from stickerclip.data import build_text, read_records
+from stickerclip.images import StickerImageError
+from stickerclip.metrics import retrieval_metrics
+from stickerclip.model import load_model
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="load_model source: named config, dir, hub id, .pt")
+    ap.add_argument("--arch", default=None, help="architecture of a cn_clip .pt")
+    ap.add_argument("--llm", default=None, help="text LLM override for an LLM text tower")
+    ap.add_argument("--data", required=True, help="manifest, corpus folder (with --split) or Sticker820K dir")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--report", default=None, help="folder for report.md and topk.png")
+    ap.add_argument("--queries", type=int, default=8, help="queries shown in the report figure")
+    return ap.parse_args(argv)
+
+
+def usable(records):
+    """Records whose sticker loads; the others are reported on stderr and left out."""
+    keep = []
+    for r in records:
+        try:
+            r.load()
+            keep.append(r)
+        except StickerImageError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+    return keep
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    errors = []
+    records = usable(list(read_records(args.data, split=args.split, on_error=errors.append)))
+    for e in errors:
+        print(f"skipped record: {e}", file=sys.stderr)
+    if not records:
+        raise SystemExit(f"{args.data}: no usable records")
+    model = load_model(args.model, device=args.device, arch=args.arch, llm=args.llm)
+    texts = [build_text(r) for r in records]
+    img = model.encode_images(records, batch_size=args.batch_size)
+    txt = model.encode_texts(texts, batch_size=args.batch_size)
+    result = {**retrieval_metrics(img, txt), "model": str(args.model), "data": str(args.data), "split": args.split}
+    print(json.dumps(result, ensure_ascii=False))
+    if args.report:
+        write_report(Path(args.report), result, records, texts, img, txt, args.queries)
+    return result
+
+
+def table(rows: dict[str, dict]) -> str:
+    """Markdown Table 1: one row per named result."""
+    head = "| model | t2i R@1 | R@5 | R@10 | MR | i2t R@1 | R@5 | R@10 | MR |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    lines = []
+    for name, r in rows.items():
+        t, i = r["t2i"], r["i2t"]
+        lines.append(f"| {name} | {t['R@1']:.1f} | {t['R@5']:.1f} | {t['R@10']:.1f} | {t['MR']:.1f} | "
+                     f"{i['R@1']:.1f} | {i['R@5']:.1f} | {i['R@10']:.1f} | {i['MR']:.1f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, result, records, texts, img, txt, n_queries: int) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(
+        f"# StickerCLIP retrieval\n\nmodel `{result['model']}`, data `{result['data']}` ({result['split']}, "
+        f"n = {result['n']})\n\n" + table({Path(result["model"]).name or result["model"]: result}) +
+        "\n![top-5 per text query](topk.png)\n", encoding="utf-8")
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(records), size=min(n_queries, len(records)), replace=False)
+    cell, text_w = 96, 360
+    sheet = Image.new("RGB", (text_w + 5 * (cell + 8) + 8, len(picks) * (cell + 12) + 12), "white")
+    draw = ImageDraw.Draw(sheet)
+    try:
+        import cvttf_NotoSansCJK_Bold as font_pkg
+
+        font = ImageFont.truetype(str(Path(font_pkg.__file__).parent / "NotoSansCJKtc-Bold.otf"), 14)
+    except (ImportError, OSError):
+        font = ImageFont.load_default()
+    for row, q in enumerate(picks):
+        y = 12 + row * (cell + 12)
+        words, line, lines = texts[q], "", []
+        for ch in words:
+            if draw.textlength(line + ch, font=font) > text_w - 16:
+                lines.append(line)
+                line = ""
+            line += ch
+        lines.append(line)
+        draw.multiline_text((8, y), "\n".join(lines[:5]), fill="black", font=font, spacing=2)
+        top = np.argsort(-(img @ txt[q]))[:5]
+        for col, g in enumerate(top):
+            x = text_w + 8 + col * (cell + 8)
+            thumb = records[g].load().frames[0].resize((cell, cell))
+            sheet.paste(thumb, (x, y))
+            if g == q:
+                draw.rectangle((x - 3, y - 3, x + cell + 2, y + cell + 2), outline=(0, 170, 0), width=4)
+    sheet.save(out / "topk.png")
+
+
+if __name__ == "__main__":
+    main()
