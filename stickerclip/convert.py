@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .model import CLIP_MEAN, CLIP_STD, StickerCLIP, StickerCLIPConfig, bert_tokenizer
+from .model import CLIP_MEAN, CLIP_STD, StickerCLIP, StickerCLIPConfig, bert_tokenizer, load_weights
 
 # cn_clip's pairing of vision and text architectures (its model_configs/ names).
 CN_CLIP_TEXT = {"ViT-B-16": "RoBERTa-wwm-ext-base-chinese", "ViT-B-32": "RoBERTa-wwm-ext-base-chinese",
@@ -138,9 +138,5 @@ def from_cn_clip_checkpoint(path: str | os.PathLike, arch=None) -> StickerCLIP:
                 if k.startswith("bert.") and not k.startswith("bert.pooler.")})
     new["text_projection.weight"] = sd["text_projection"].t()
     new["logit_scale"] = sd["logit_scale"]
-    missing, unexpected = model.load_state_dict(new, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"{path}: checkpoint does not fit architecture {arch!r}: missing {missing[:6]}, "
-                         f"unexpected {unexpected[:6]}")
+    load_weights(model, new, f"{path}: checkpoint does not fit architecture {arch!r}")
     return model

@@ -350,10 +350,15 @@ def _load_saved(d: Path, llm=None) -> StickerCLIP:
     cfg = StickerCLIPConfig(**{k: tuple(v) if k in ("image_mean", "image_std") else v for k, v in raw.items()})
     tok = bert_tokenizer(d) if cfg.text_kind != "llm" else None
     model = StickerCLIP(cfg, tokenizer=tok, llm=_llm_arg(cfg, llm))
-    state = load_file(str(d / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("text.llm.")]
-    if missing or unexpected:
-        raise ValueError(f"{d}/model.safetensors does not match its config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    load_weights(model, load_file(str(d / "model.safetensors")), f"{d}/model.safetensors does not match its config")
     return model
+
+
+def load_weights(model: nn.Module, state: dict, what: str) -> None:
+    """Load `state` into `model`, or raise ValueError(`what`: missing/unexpected keys).
+
+    Keys a state never holds (a frozen LLM tower's, position-id buffers) are not missing."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("text.llm.") and not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{what}: missing {missing[:6]}, unexpected {unexpected[:6]}")

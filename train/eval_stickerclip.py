@@ -33,6 +33,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", default=None)
     ap.add_argument("--report", default=None, help="folder for report.md and topk.png")
     ap.add_argument("--queries", type=int, default=8, help="queries shown in the report figure")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the random init of a named config")
     return ap.parse_args(argv)
 
 
@@ -56,6 +57,9 @@ def main(argv=None) -> dict:
         print(f"skipped record: {e}", file=sys.stderr)
     if not records:
         raise SystemExit(f"{args.data}: no usable records")
+    import torch
+
+    torch.manual_seed(args.seed)
     model = load_model(args.model, device=args.device, arch=args.arch, llm=args.llm)
     texts = [build_text(r) for r in records]
     img = model.encode_images(records, batch_size=args.batch_size)
