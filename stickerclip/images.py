@@ -22,6 +22,10 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_PIXELS = 36_000_000  # per frame, e.g. 6000 x 6000
 MAX_SIDE = 16_384
 MAX_FRAMES = 2_000
+# Only these decoders ever see a sticker's bytes: Pillow would otherwise hand EPS files to
+# Ghostscript and try dozens of rarer formats on hostile input.
+Image.init()
+FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP") if f in Image.OPEN)
 
 Source = Union[str, os.PathLike, bytes, bytearray, "Image.Image", io.IOBase]
 
@@ -158,7 +162,7 @@ def load_sticker(source: Source, name: str | None = None) -> StickerImage:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
+                img = Image.open(io.BytesIO(data), formats=FORMATS)
         except Image.DecompressionBombError as exc:
             raise ImageTooLargeError(label, f"decompression bomb: {exc}") from None
         except Image.DecompressionBombWarning as exc:

@@ -104,6 +104,7 @@ def test_exif_orientation_applied():
     (b"<html><body>nope</body></html>", NotAnImageError),
     (b"%PDF-1.4\n%...", NotAnImageError),
     (b'<svg xmlns="http://www.w3.org/2000/svg"/>', NotAnImageError),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", NotAnImageError),  # never reaches Ghostscript
 ])
 def test_refuses_non_images_naming_the_file(tmp_path, data, err):
     p = tmp_path / "sticker.png"
@@ -182,6 +183,16 @@ def test_errors_are_value_errors_with_kind():
     with pytest.raises(ValueError) as exc:
         load_sticker(b"", name="x.gif")
     assert "x.gif: empty file" in str(exc.value)
+
+
+def test_only_sticker_formats_are_decoded():
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "TIFF")
+    with pytest.raises(NotAnImageError, match="x.tif"):
+        load_sticker(buf.getvalue(), name="x.tif")
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, "BMP")
+    assert load_frames(buf.getvalue())[0].getpixel((0, 0)) == (1, 2, 3)
 
 
 def test_pil_image_and_file_object_sources():
