@@ -102,8 +102,8 @@ def main(argv=None):
 
     def our_step():
         with autocast:
-            img, txt = fwd(pixels, counts, input_ids=ids, attention_mask=mask)
-        loss = clip_loss(img.float(), txt.float(), ours.logit_scale)
+            img, txt, scale = fwd(pixels, counts, input_ids=ids, attention_mask=mask)
+        loss = clip_loss(img.float(), txt.float(), scale)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -174,7 +174,10 @@ class StickerCLIP(nn.Module):
         return self.text_projection(hidden[:, 0, :])
 
     def forward(self, pixel_values, frame_counts, input_ids=None, attention_mask=None, text_states=None):
-        """Training forward: (sum F, 3, S, S) frames of N stickers and N texts -> ((N, D), (N, D)).
+        """Training forward: (sum F, 3, S, S) frames of N stickers and N texts -> ((N, D), (N, D), ()).
+
+        Returns image features, text features and the logit scale (inside forward, so that DDP
+        sees every trained parameter used by the wrapped call).
 
         `text_states` (N, H) are precomputed frozen-LLM pooled states, used instead of token ids.
         """
@@ -183,7 +186,7 @@ class StickerCLIP(nn.Module):
             txt = self.text_projection(text_states)
         else:
             txt = self.text_features(input_ids, attention_mask)
-        return img, txt
+        return img, txt, self.logit_scale
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """Texts -> padded ids and mask, cut to the context length (BERT texts lower-cased as cn_clip)."""

@@ -256,8 +256,8 @@ def main(argv=None) -> dict:
                 enc = raw.tokenize([build_text(train[i], shuffle=True, rng=rng) for i in idx])
                 text_in = {k: v.to(acc.device) for k, v in enc.items()}
             with acc.accumulate(model), acc.autocast():
-                img, txt = model(batch.to(acc.device), counts, **text_in)  # through DDP when distributed
-                loss = clip_loss(gather(img.float(), acc), gather(txt.float(), acc), raw.logit_scale)
+                img, txt, scale = model(batch.to(acc.device), counts, **text_in)  # through DDP when distributed
+                loss = clip_loss(gather(img.float(), acc), gather(txt.float(), acc), scale)
                 acc.backward(loss)
                 opt.step()
                 sched.step()
