@@ -73,9 +73,8 @@ class StickerRecord:
 
     def load(self) -> StickerImage:
         """The sticker's frames through the project's one image loader."""
-        if self.image.startswith(LMDB_SCHEME):
-            return load_sticker(self.read_bytes(), name=self.image)
-        return load_sticker(self.image)
+        src, name = image_source(self)
+        return load_sticker(src, name=name)
 
 
 def image_source(item) -> tuple[Source, str | None]:

@@ -207,43 +207,39 @@ class StickerCLIP(nn.Module):
 
     # ---------------------------------------------------------------------------- encoding
     @torch.inference_mode()
+    def _encode(self, items, batch_size: int, batch_fn, normalize: bool) -> np.ndarray:
+        """Run `batch_fn` over slices of `items` in eval mode -> (N, D) float32 (normalised)."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = [batch_fn(items[start:start + batch_size]).float() for start in range(0, len(items), batch_size)]
+        finally:
+            self.train(was_training)
+        feats = torch.cat(out) if out else torch.zeros(0, self.config.embed_dim)
+        return _finish(feats, normalize)
+
     def encode_images(self, images, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
         """Paths, bytes, PIL images or records -> (N, D) float32; animations average frames 0, mid, last."""
         from .data import image_source
 
-        was_training = self.training
-        self.eval()
-        out = []
-        try:
-            for start in range(0, len(images), batch_size):
-                pixels, counts = [], []
-                for item in images[start:start + batch_size]:
-                    src, name = image_source(item)
-                    frames = load_sticker(src, name=name).frames
-                    pixels += [self.preprocess(f) for f in frames]
-                    counts.append(len(frames))
-                feats = self.image_features(torch.stack(pixels).to(self.device)).float()  # (F, D)
-                out.append(pool_frames(feats, counts))
-        finally:
-            self.train(was_training)
-        feats = torch.cat(out) if out else torch.zeros(0, self.config.embed_dim)
-        return _finish(feats, normalize)
+        def batch(chunk):
+            pixels, counts = [], []
+            for item in chunk:
+                src, name = image_source(item)
+                frames = load_sticker(src, name=name).frames
+                pixels += [self.preprocess(f) for f in frames]
+                counts.append(len(frames))
+            return pool_frames(self.image_features(torch.stack(pixels).to(self.device)), counts)  # (n, D)
 
-    @torch.inference_mode()
+        return self._encode(list(images), batch_size, batch, normalize)
+
     def encode_texts(self, texts, batch_size: int = 128, normalize: bool = True) -> np.ndarray:
         """Strings -> (N, D) float32."""
-        was_training = self.training
-        self.eval()
-        out = []
-        try:
-            for start in range(0, len(texts), batch_size):
-                enc = self.tokenize(list(texts[start:start + batch_size]))
-                out.append(self.text_features(enc["input_ids"].to(self.device),
-                                              enc["attention_mask"].to(self.device)).float())
-        finally:
-            self.train(was_training)
-        feats = torch.cat(out) if out else torch.zeros(0, self.config.embed_dim)
-        return _finish(feats, normalize)
+        def batch(chunk):
+            enc = self.tokenize(list(chunk))
+            return self.text_features(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+
+        return self._encode(list(texts), batch_size, batch, normalize)
 
     # ---------------------------------------------------------------------------- save / load
     def own_state_dict(self) -> dict[str, torch.Tensor]:
