@@ -8,6 +8,7 @@ message names the file, before any large allocation: the checks read only header
 from __future__ import annotations
 
 import io
+import struct
 import os
 import warnings
 from dataclasses import dataclass
@@ -232,7 +233,8 @@ def _decode(img: Image.Image, label: str) -> StickerImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(label, f"decompression bomb: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError, struct.error) as exc:
+        # struct.error: PIL's GIF reader unpacking a frame header cut short (found by tests/test_fuzz.py)
         raise TruncatedImageError(label, str(exc) or type(exc).__name__) from None
     return StickerImage(frames=frames, n_frames=n, size=size, format=fmt, animated=animated)
 

@@ -199,3 +199,17 @@ def test_pil_image_and_file_object_sources():
     img = Image.new("RGBA", (5, 5), (0, 0, 0, 0))
     assert load_frames(img)[0].getpixel((0, 0)) == (255, 255, 255)
     assert load_frames(io.BytesIO(png_bytes(color=(1, 2, 3))))[0].getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_animation_cut_at_every_byte_loads_or_raises_a_sticker_error():
+    # found by the fuzz test: a GIF cut inside a frame header made PIL's n_frames raise struct.error
+    from stickerclip.images import StickerImageError, load_sticker
+    from tests.imagegen import animated_bytes
+
+    for fmt in ("GIF", "WEBP", "PNG"):
+        data = animated_bytes(4, fmt=fmt, size=(16, 16))
+        for cut in range(1, len(data)):
+            try:
+                load_sticker(data[:cut], name=f"cut.{fmt.lower()}")
+            except StickerImageError as exc:
+                assert f"cut.{fmt.lower()}" in str(exc)
