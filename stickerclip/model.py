@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .images import load_sticker
+from .images import StickerImage, load_sticker
 
+DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "stickerclip")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FORMAT = "stickerclip/1"
@@ -32,7 +33,7 @@ class StickerCLIPConfig:
     """Everything needed to rebuild a StickerCLIP (and its preprocessing) from scratch."""
 
     vision: dict  # ChineseCLIPVisionConfig fields, or {"kind": "resnet", "layers": [...], "width": 64, ...}
-    text: dict  # ChineseCLIPTextConfig fields, or {"kind": "llm", "llm": name, "layer": -1, "hidden": 1024}
+    text: dict  # ChineseCLIPTextConfig fields, or {"kind": "llm", "llm": name, "layer": -1, "depth": None, "hidden": 1024}
     embed_dim: int = 512
     image_size: int = 224
     image_mean: tuple = CLIP_MEAN
@@ -70,9 +71,9 @@ def named_config(name: str) -> StickerCLIPConfig:
         "tiny": dict(vision=_vit(64, 2, 2, 16, 64), text=_bert(64, 2, 2), embed_dim=32, image_size=64),
         "tiny-llm": dict(vision=_vit(64, 2, 2, 16, 64), text={"kind": "llm", "llm": "", "layer": -1, "hidden": 64},
                          embed_dim=32, image_size=64),
-        "default": dict(vision=_vit(192, 4, 3, 14, 112, 768),
-                        text={"kind": "llm", "llm": EMBEDDED_LLM, "layer": -1, "hidden": 1024},
-                        embed_dim=256, image_size=112),
+        "default": dict(vision=_vit(192, 4, 3, 16, 128, 768),
+                        text={"kind": "llm", "llm": EMBEDDED_LLM, "layer": -1, "depth": 1, "hidden": 1024},
+                        embed_dim=256, image_size=128),
         "ViT-B-16": dict(vision=_vit(768, 12, 12, 16, 224), text=_bert(768, 12, 12), embed_dim=512),
         "ViT-L-14": dict(vision=_vit(1024, 24, 16, 14, 224), text=_bert(768, 12, 12), embed_dim=768),
         "RN50": dict(vision={"kind": "resnet", "layers": [3, 4, 6, 3], "width": 64, "heads": 32},
@@ -84,19 +85,37 @@ def named_config(name: str) -> StickerCLIPConfig:
 
 
 class LLMTextTower(nn.Module):
-    """Frozen causal LM -> mean of the chosen layer's hidden states over real tokens (BOS excluded)."""
+    """Frozen causal LM -> mean of hidden states over real tokens (BOS excluded).
 
-    def __init__(self, llm, tokenizer, layer: int = -1):
+    `depth` runs only the first `depth` decoder layers (then the LM's final norm): a shallower,
+    faster tower sharing the same weights. `layer` picks an intermediate hidden state instead of
+    the last (-1)."""
+
+    def __init__(self, llm, tokenizer, layer: int = -1, depth: int | None = None):
         super().__init__()
         self.llm = llm
         self.llm.requires_grad_(False)
         self.tokenizer = tokenizer
         self.layer = layer
+        self.depth = depth
         self.hidden_size = llm.config.get_text_config().hidden_size
+        body = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
+        if depth is not None:
+            n = len(body.layers)
+            if not 1 <= depth <= n:
+                raise ValueError(f"text tower depth {depth}: the LLM has {n} decoder layers")
+            # A shallow copy whose layer list is cut short: same parameter tensors, no extra memory,
+            # and the shared LLM (used by StickerLLM too) is never modified.
+            import copy
+
+            short = copy.copy(body)
+            short._modules = dict(body._modules)
+            short._modules["layers"] = nn.ModuleList(list(body.layers)[:depth])
+            body = short
+        object.__setattr__(self, "_body", body)  # not a registered submodule: its weights are llm's
 
     def forward(self, input_ids, attention_mask):
-        body = self.llm.get_decoder() if hasattr(self.llm, "get_decoder") else self.llm
-        out = body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.layer != -1)
+        out = self._body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.layer != -1)
         hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]  # (B, T, H)
         mask = attention_mask.clone()
         bos = self.tokenizer.bos_token_id
@@ -104,6 +123,11 @@ class LLMTextTower(nn.Module):
             mask = mask * (input_ids != bos)
         mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+
+    def identity(self) -> str:
+        """What determines this tower's output, for caches of its states."""
+        name = getattr(self.llm.config, "_name_or_path", "") or type(self.llm).__name__
+        return f"{name}|layer={self.layer}|depth={self.depth}"
 
 
 def _text_mlp(hidden: int, inner: int, embed: int) -> nn.Module:
@@ -140,7 +164,7 @@ class StickerCLIP(nn.Module):
 
                 llm = load_causal_lm(config.text["llm"])
             model, tok = llm
-            text = LLMTextTower(model, tok, config.text.get("layer", -1))
+            text = LLMTextTower(model, tok, config.text.get("layer", -1), config.text.get("depth"))
             tokenizer = tok
             if text_projection is None:
                 text_projection = _text_mlp(text.hidden_size, config.text["hidden"], config.embed_dim)
@@ -219,14 +243,19 @@ class StickerCLIP(nn.Module):
         return _finish(feats, normalize)
 
     def encode_images(self, images, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
-        """Paths, bytes, PIL images or records -> (N, D) float32; animations average frames 0, mid, last."""
+        """Paths, bytes, PIL images, records or loaded StickerImages -> (N, D) float32.
+
+        Animations average the features of frames 0, mid and last."""
         from .data import image_source
 
         def batch(chunk):
             pixels, counts = [], []
             for item in chunk:
-                src, name = image_source(item)
-                frames = load_sticker(src, name=name).frames
+                if isinstance(item, StickerImage):
+                    frames = item.frames
+                else:
+                    src, name = image_source(item)
+                    frames = load_sticker(src, name=name).frames
                 pixels += [self.preprocess(f) for f in frames]
                 counts.append(len(frames))
             return pool_frames(self.image_features(torch.stack(pixels).to(self.device)), counts)  # (n, D)
@@ -245,6 +274,17 @@ class StickerCLIP(nn.Module):
     def own_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights this model owns: everything but a frozen LLM text tower."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("text.llm.")}
+
+    def identity(self) -> str:
+        """A fingerprint of what this model computes: config and owned weights (not the frozen LLM's
+        weights, which are named by the config). Indexes record it to refuse mixing models."""
+        import hashlib
+
+        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True, default=str).encode())
+        for k, v in sorted(self.own_state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return f"{self.config.name or 'stickerclip'}-{h.hexdigest()[:16]}"
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config, weights (safetensors) and tokenizer files to `directory`, atomically per file."""
@@ -324,6 +364,7 @@ def load_model(name_or_path: str, device=None, arch=None, llm=None) -> StickerCL
         model = StickerCLIP(cfg, llm=_llm_arg(cfg, llm))
     if device is not None:
         model.to(device)
+    model.source = str(p.resolve()) if p.exists() else src  # what load_model was given (indexes record it)
     return model.eval()
 
 

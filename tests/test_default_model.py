@@ -1,7 +1,6 @@
 """The shipped default StickerCLIP: loads offline, and the eval command reproduces its model card.
 
-Builds the open corpus (about 30 s on 2 cores) and runs the frozen Gemma text tower over its test
-split; the first run on a fresh machine also converts the embedded GGUF once (about a minute).
+Builds the open corpus (about 30 s on 2 cores) and runs the default over its test split; the first run on a fresh machine also converts the embedded GGUF once (about a minute).
 """
 import json
 from pathlib import Path
@@ -39,4 +38,4 @@ def test_eval_reproduces_the_model_card(open_corpus):
     for direction in ("t2i", "i2t"):
         for k in ("R@1", "R@5", "R@10", "MR"):
             assert abs(got[direction][k] - published[direction][k]) <= 0.5, (direction, k)
-    assert got["t2i"]["MR"] > 20.0  # chance is about 3.7 for n = 486
+    assert got["t2i"]["MR"] >= 50.0  # the target for the default; chance is about 3.7 for n = 486

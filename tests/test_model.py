@@ -144,6 +144,34 @@ def test_llm_text_tower(tmp_path, family):
     np.testing.assert_array_equal(back.encode_images(_images(tmp_path)), m.encode_images(_images(tmp_path)))
 
 
+@pytest.mark.parametrize("family", ["gemma", "llama"])
+def test_llm_text_tower_depth_runs_only_the_first_layers(family):
+    from stickerclip.model import LLMTextTower
+
+    llm, tok = tiny_llm(family)
+    llm.config.num_hidden_layers = 2
+    body = llm.get_decoder()
+    enc = tok(TEXTS[:2], padding=True, return_tensors="pt")
+    short = LLMTextTower(llm, tok, depth=1)
+    # reference: the same LLM with its second layer removed for the call, final norm kept
+    full_layers = body.layers
+    body.layers = torch.nn.ModuleList(list(full_layers)[:1])
+    ref = LLMTextTower(llm, tok)(enc["input_ids"], enc["attention_mask"])
+    body.layers = full_layers
+    np.testing.assert_allclose(short(enc["input_ids"], enc["attention_mask"]).numpy(), ref.numpy(), atol=1e-6)
+    whole = LLMTextTower(llm, tok)(enc["input_ids"], enc["attention_mask"])
+    assert not torch.allclose(whole, ref, atol=1e-4)
+    assert len(body.layers) == 2  # the shared LLM is untouched
+    assert short.identity() != LLMTextTower(llm, tok).identity()
+    assert sum(1 for _ in short.parameters()) == sum(1 for _ in llm.parameters())  # no copies
+    with pytest.raises(ValueError, match="depth 3: the LLM has 2 decoder layers"):
+        LLMTextTower(llm, tok, depth=3)
+    cfg = named_config("tiny-llm")
+    cfg.text["depth"] = 1
+    m = StickerCLIP(cfg, llm=(llm, tok))
+    assert m.text.depth == 1 and m.encode_texts(TEXTS).shape == (4, 32)
+
+
 def test_named_configs_and_errors():
     assert named_config("ViT-B-16").vision["hidden_size"] == 768
     assert named_config("RN50").vision["kind"] == "resnet"

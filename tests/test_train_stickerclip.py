@@ -125,3 +125,25 @@ def test_llm_text_tower_training(planted, tmp_path):
     back = load_model(str(out))
     assert back.config.text["llm"] == str(tmp_path / "llm")
     assert res["valid"]["n"] == 12
+
+
+def test_text_cache_belongs_to_one_text_tower(tmp_path):
+    from tests.tinymodels import tiny_llm
+    from stickerclip.model import StickerCLIP, named_config
+
+    llm = tiny_llm("gemma")
+    cfg = named_config("tiny-llm")
+    texts = ["晚安", "谢谢老板"]
+    logs = []
+    cache = str(tmp_path / "c.npz")
+    full = StickerCLIP(cfg, llm=llm)
+    a = train_stickerclip.llm_states(full, texts, cache, logs.append)
+    np.testing.assert_array_equal(train_stickerclip.llm_states(full, texts, cache, logs.append)["晚安"], a["晚安"])
+    assert sum("computing" in m for m in logs) == 1  # the second call read the cache
+    cfg.text["depth"] = 1
+    short = StickerCLIP(cfg, llm=llm)
+    b = train_stickerclip.llm_states(short, texts, cache, logs.append)
+    assert any("another text tower" in m for m in logs)
+    assert not np.allclose(a["晚安"], b["晚安"])
+    enc = short.tokenize(["晚安"])
+    np.testing.assert_allclose(b["晚安"], short.text(enc["input_ids"], enc["attention_mask"])[0].numpy(), atol=1e-5)

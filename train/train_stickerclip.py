@@ -99,9 +99,13 @@ def augment(batch: torch.Tensor, rng: random.Random) -> torch.Tensor:
 def llm_states(model, texts: list[str], cache_path: str | None, log, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Pooled frozen-LLM states for each distinct text, read from / added to an npz cache."""
     cache: dict[str, np.ndarray] = {}
+    identity = model.text.identity()
     if cache_path and os.path.exists(cache_path):
         with np.load(cache_path, allow_pickle=False) as z:
-            cache = dict(zip(z["texts"].tolist(), z["states"]))
+            if "identity" in z and str(z["identity"]) == identity:
+                cache = dict(zip(z["texts"].tolist(), z["states"]))
+            else:
+                log(f"{cache_path}: states of another text tower, recomputing")
     todo = sorted(set(texts) - set(cache))
     if todo:
         log(f"computing frozen-LLM states for {len(todo)} texts")
@@ -114,7 +118,7 @@ def llm_states(model, texts: list[str], cache_path: str | None, log, batch_size:
         if cache_path:
             keys = list(cache)
             tmp = cache_path + ".tmp.npz"
-            np.savez(tmp, texts=np.array(keys), states=np.stack([cache[k] for k in keys]))
+            np.savez(tmp, texts=np.array(keys), states=np.stack([cache[k] for k in keys]), identity=np.array(identity))
             os.replace(tmp, cache_path)
     return cache
 
