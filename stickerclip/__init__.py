@@ -2,9 +2,10 @@
 from .data import (StickerRecord, RecordError, build_text, read_folder, read_jsonl, read_records,
                    read_sticker820k, write_jsonl)
 from .images import StickerImage, StickerImageError, frame_indices, load_frames, load_sticker
+from .index import Hit, IndexModelMismatch, IndexSummary, StickerIndex
 
 __all__ = [
     "StickerRecord", "RecordError", "build_text", "read_folder", "read_jsonl", "read_records",
     "read_sticker820k", "write_jsonl", "StickerImage", "StickerImageError", "frame_indices",
-    "load_frames", "load_sticker",
+    "load_frames", "load_sticker", "Hit", "IndexModelMismatch", "IndexSummary", "StickerIndex",
 ]

@@ -1,0 +1,49 @@
+"""The embedded default gallery (assets/gallery) as a ready sticker index.
+
+`default_index()` opens the gallery's index for the default model from the user cache, building
+it on first use (about half a minute on 2 cores) so that search works offline right after set-up.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+GALLERY = Path(__file__).resolve().parent.parent / "assets" / "gallery"
+
+
+def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=print):
+    """The StickerIndex of `gallery`'s all.jsonl for `model` (default: the embedded default model)."""
+    from .data import read_jsonl
+    from .index import StickerIndex
+    from .llm import cache_dir
+    from .model import DEFAULT_MODEL, load_model
+
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_model(model or DEFAULT_MODEL)
+    manifest = Path(gallery) / "all.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: the sticker gallery is missing")
+    root = cache_dir() / "index"
+    where = hashlib.sha1(str(manifest.resolve()).encode()).hexdigest()[:8]  # paths inside are absolute
+    target = root / f"{Path(gallery).name}-{where}-{model.identity()}"
+    if (target / "meta.sqlite").is_file():
+        return StickerIndex.open(target, model, create=False, ocr=False)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".building-"))
+    try:
+        log(f"Indexing the sticker gallery {gallery} once (cached at {target})")
+        with StickerIndex.open(tmp, model, ocr=False) as index:
+            summary = index.add(read_jsonl(manifest), progress=True, ocr=False)
+        if summary.failed:
+            log(f"gallery: {len(summary.failed)} stickers skipped: {summary.failed[:3]}")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first: use its index
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        if tmp.exists() and not target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return StickerIndex.open(target, model, create=False, ocr=False)
