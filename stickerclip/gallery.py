@@ -8,18 +8,23 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 GALLERY = Path(__file__).resolve().parent.parent / "assets" / "gallery"
 
 
-def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=print):
-    """The StickerIndex of `gallery`'s all.jsonl for `model` (default: the embedded default model)."""
+def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None):
+    """The StickerIndex of `gallery`'s all.jsonl for `model` (default: the embedded default model).
+
+    Progress goes to `log` (default: stderr)."""
     from .data import read_jsonl
     from .index import StickerIndex
     from .llm import cache_dir
     from .model import DEFAULT_MODEL, load_model
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_model(model or DEFAULT_MODEL)

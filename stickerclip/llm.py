@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -33,8 +34,14 @@ def _embedded_gguf() -> Path:
     return pkg.assemble(target)
 
 
-def _convert_gguf(gguf: Path, out: Path, log=print) -> Path:
+def _stderr(msg: str) -> None:
+    """Progress messages go to stderr, so that JSON on stdout stays clean."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _convert_gguf(gguf: Path, out: Path, log=None) -> Path:
     """Dequantise a GGUF with transformers and save it as safetensors (atomic directory swap)."""
+    log = log or _stderr
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log(f"Converting {gguf.name} to safetensors once (about a minute); cached at {out}")
@@ -58,8 +65,9 @@ def _convert_gguf(gguf: Path, out: Path, log=print) -> Path:
     return out
 
 
-def resolve_llm(name: str, log=print) -> str:
+def resolve_llm(name: str, log=None) -> str:
     """A directory or hub id `transformers` can load directly, converting a GGUF once if needed."""
+    log = log or _stderr
     if name == EMBEDDED_LLM:
         out = cache_dir() / "llm" / "gemma-3-270m"
         if not (out / "config.json").is_file():
@@ -74,8 +82,9 @@ def resolve_llm(name: str, log=print) -> str:
     return name
 
 
-def load_causal_lm(name: str, device=None, dtype=None, log=print):
+def load_causal_lm(name: str, device=None, dtype=None, log=None):
     """(model, tokenizer) for `name`, frozen and in eval mode; one instance per (name, device, dtype)."""
+    log = log or _stderr
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

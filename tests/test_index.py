@@ -333,3 +333,21 @@ def test_search_cli_json(tmp_path, tiny_dir):
     assert out.returncode == 2 and "no sticker index" in out.stderr
     out = run("stickerclip.search", "--index", str(tmp_path / "idx"), "--text", "猫", "--emotions", "flying")
     assert out.returncode == 2 and "unknown emotion 'flying'" in out.stderr
+
+
+def test_default_gallery_index_builds_once_and_keeps_stdout_clean(tmp_path, monkeypatch, capsys, tiny):
+    from stickerclip.gallery import default_index
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    recs = _records(tmp_path)
+    from stickerclip.data import write_jsonl
+
+    write_jsonl(recs, gallery / "all.jsonl")
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    index = default_index(tiny, gallery=gallery)
+    assert len(index) == 5 and index.get("dog").ocr == "晚安"
+    out = capsys.readouterr()
+    assert out.out == "" and "Indexing the sticker gallery" in out.err  # JSON on stdout stays parseable
+    again = default_index(tiny, gallery=gallery)
+    assert str(again.directory) == str(index.directory) and capsys.readouterr().err == ""
