@@ -96,7 +96,8 @@ def _name(source, name: str | None) -> str:
     return getattr(source, "name", None) or f"<{type(source).__name__}>"
 
 
-def _read_bytes(source, label: str) -> bytes:
+def read_sticker_bytes(source, label: str) -> bytes:
+    """A sticker's bytes from a path, bytes or file object, size-checked; errors name `label`."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, (str, os.PathLike)):
@@ -159,7 +160,7 @@ def load_sticker(source: Source, name: str | None = None) -> StickerImage:
     if isinstance(source, Image.Image):
         img = source
     else:
-        data = _read_bytes(source, label)
+        data = read_sticker_bytes(source, label)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

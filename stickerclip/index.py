@@ -41,7 +41,7 @@ import numpy as np
 
 from . import labels
 from .data import IMAGE_EXTENSIONS, LMDB_SCHEME, StickerRecord, image_source
-from .images import StickerImage, StickerImageError, UnreadableImageError, load_sticker
+from .images import StickerImage, StickerImageError, load_sticker, read_sticker_bytes
 from .vectors import EXACT_MAX, VectorIndex
 
 SCHEMA_VERSION = "1"
@@ -401,11 +401,7 @@ class StickerIndex:
         """Hash a file or record's image; known content only gets its path noted, new content is loaded."""
         label = record.id if record is not None else key
         try:
-            if record is not None:
-                src, name = image_source(record)
-                data = src if isinstance(src, bytes) else _read_file(src)
-            else:
-                data = _read_file(key)
+            data = read_sticker_bytes(image_source(record)[0] if record is not None else key, key)
             digest = _hash(data)
             with self._lock:
                 hit = self.db.execute("SELECT id FROM stickers WHERE hash = ?", (digest,)).fetchone()
@@ -755,21 +751,6 @@ def _walk(root: Path, summary: IndexSummary):
                     summary.failed.append((path, "symlink points outside the folder"))
                     continue
             yield path
-
-
-def _read_file(path: str) -> bytes:
-    from .images import MAX_FILE_BYTES, ImageTooLargeError
-
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
-    except IsADirectoryError:
-        raise UnreadableImageError(path, "is a directory") from None
-    except OSError as exc:
-        raise UnreadableImageError(path, exc.strerror or str(exc)) from None
-    if len(data) > MAX_FILE_BYTES:
-        raise ImageTooLargeError(path, f"file is over {MAX_FILE_BYTES} bytes")
-    return data
 
 
 def _style_code(key: str) -> int:
