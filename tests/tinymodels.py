@@ -30,14 +30,19 @@ def cn_clip_model(info: dict, seed: int = 0):
 
 def tiny_llm(family: str = "gemma", seed: int = 0):
     """(model, tokenizer): a tiny random causal LM with the cn_clip BERT vocabulary as tokenizer."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig
+    """`family`: "gemma" (tied head, scaled embeddings), "llama" (untied head) or "glm" (the
+    ChatGLM line's GlmForCausalLM)."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GlmConfig, LlamaConfig
 
     from stickerclip.model import bert_tokenizer
 
     torch.manual_seed(seed)
     common = dict(vocab_size=21128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256)
-    cfg = Gemma3TextConfig(**common) if family == "gemma" else LlamaConfig(**common)
+    configs = {"gemma": lambda: Gemma3TextConfig(**common),
+               "llama": lambda: LlamaConfig(**common, tie_word_embeddings=False),
+               "glm": lambda: GlmConfig(**common, pad_token_id=0, eos_token_id=102)}
+    cfg = configs[family]()
     model = AutoModelForCausalLM.from_config(cfg).eval()
     model.requires_grad_(False)
     return model, bert_tokenizer()
