@@ -4,3 +4,16 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def open_corpus(tmp_path_factory):
+    """The open sticker corpus, built once per test session (about 30 s on 2 cores)."""
+    from train import build_open_stickers
+
+    out = tmp_path_factory.mktemp("open")
+    build_open_stickers.main(["--out", str(out)])
+    return out

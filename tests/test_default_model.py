@@ -5,10 +5,8 @@ Builds the open corpus (about 30 s on 2 cores) and runs the default over its tes
 import json
 from pathlib import Path
 
-import pytest
-
 from stickerclip.model import load_model
-from train import build_open_stickers, eval_stickerclip
+from train import eval_stickerclip
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "assets" / "stickerclip"
@@ -22,13 +20,6 @@ def test_default_is_small_and_loads_offline():
     m = load_model(str(DEFAULT))
     feats = m.encode_texts(["晚安"])
     assert feats.shape == (1, m.config.embed_dim)
-
-
-@pytest.fixture(scope="module")
-def open_corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("open")
-    build_open_stickers.main(["--out", str(out)])
-    return out
 
 
 def test_eval_reproduces_the_model_card(open_corpus):

@@ -1,0 +1,92 @@
+"""The StickerLLM training and evaluation scripts, end to end on tiny random models."""
+import json
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from stickerclip.data import StickerRecord, write_jsonl
+from stickerclip.model import StickerCLIP, named_config
+from tests.tinymodels import tiny_llm
+from train import build_instructions, eval_stickerllm, train_stickerllm
+
+COLOURS = {"红色": (230, 30, 30), "绿色": (30, 200, 30), "蓝色": (30, 30, 230), "黄色": (240, 220, 20)}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sllm")
+    (root / "images").mkdir()
+    recs = []
+    for cname, rgb in COLOURS.items():
+        for k, shape in enumerate(["圆形", "方形"]):
+            img = Image.new("RGB", (48, 48), "white")
+            (ImageDraw.Draw(img).ellipse if k == 0 else ImageDraw.Draw(img).rectangle)((6, 6, 42, 42), fill=rgb)
+            path = root / "images" / f"{cname}{shape}.png"
+            img.save(path)
+            recs.append(StickerRecord(id=path.stem, image=str(path), description=f"一个{cname}的{shape}",
+                                      emotions=["smiling"], style="abstract_icons"))
+    for split in ("train", "valid", "test"):
+        write_jsonl(recs, root / f"{split}.jsonl")
+    llm, tok = tiny_llm("gemma")
+    llm.save_pretrained(root / "llm")
+    tok.save_pretrained(root / "llm")
+    torch.manual_seed(0)
+    StickerCLIP(named_config("tiny")).save(root / "clip")
+    return root
+
+
+def test_instruction_mix_templates_and_general_split(setup):
+    from stickerclip.data import read_jsonl
+
+    recs = list(read_jsonl(setup / "train.jsonl"))
+    rows = build_instructions.build(recs, 2000, seed=1)
+    share = {k: sum(r.kind == k for r in rows) / len(rows) for k in ("t2i", "i2i", "it2i")}
+    assert abs(share["t2i"] - 0.5) < 0.04 and abs(share["i2i"] - 0.25) < 0.04 and abs(share["it2i"] - 0.25) < 0.04
+    assert abs(sum(r.pret for r in rows) / len(rows) - 0.5) < 0.04
+    assert all("<ret></ret>" in r.answer for r in rows)
+    assert all(r.images == [r.target] for r in rows if r.kind == "i2i")
+    assert all(len(r.images) == 1 and r.images[0] != r.target for r in rows if r.kind == "it2i")
+    assert {r.lang for r in rows} == {"zh", "en"}
+    used = {r.template for r in rows}
+    held_out = {t for kind in build_instructions.TEMPLATES["out"].values() for ts in kind.values() for t in ts}
+    assert not used & held_out and len(held_out) >= 10
+    general = build_instructions.general_instructions()
+    assert len(general) >= 300 and {g["lang"] for g in general} == {"zh", "en"}
+    train, held = build_instructions.general_instructions(part="train"), build_instructions.general_instructions(part="eval")
+    assert len(train) + len(held) == len(general) and not {g["id"] for g in train} & {g["id"] for g in held}
+    bad = ("表情", "sticker", "emoji", "图片")
+    assert not [g for g in general if any(b in g["instruction"].lower() for b in bad)]
+
+
+def test_train_resume_and_eval(setup, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "adapter"
+    common = ["--data", str(setup), "--out", str(out), "--llm", str(setup / "llm"), "--clip", str(setup / "clip"),
+              "--batch-size", "4", "--general", "0.3", "--general-tokens", "3", "--valid-n", "4",
+              "--save-every", "2", "--log-every", "1", "--device", "cpu", "--init-wt", "8"]
+    res = train_stickerllm.main(common + ["--steps", "2"])
+    assert set(res["valid_t2i"]) == {"R@1", "R@5", "R@10", "MR"}
+    assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "config.json", "train_log.jsonl",
+                                                     "trainer_state.pt"]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["format"] == "stickerllm/1" and cfg["llm"] == str(setup / "llm") and cfg["extra"]["trained_steps"] == 2
+    assert not cfg["clip"].startswith("/") and (out / cfg["clip"]).resolve() == (setup / "clip").resolve()
+    train_stickerllm.main(common + ["--steps", "6", "--stop-after", "4", "--resume", "--refit-wt", "8",
+                                    "--refit-valid", "4", "--refit-epochs", "2"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["extra"]["init_w_t"]["examples"] == 8 and cfg["extra"]["refit_w_t"]["examples"] == 8
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "lm" in r]
+    assert steps == [1, 2, 3, 4]  # resumed after step 2, nothing repeated
+    assert "refit" in rows[-1] and set(rows[-1]["valid_t2i"]) == {"R@1", "R@5", "R@10", "MR"}
+    assert all(r["lm"] > 0 and "t2i" in r for r in rows if "lm" in r)
+    capsys.readouterr()
+    result = eval_stickerllm.main(["--model", str(out), "--data", str(setup), "--split", "test", "--n-tool", "2",
+                                   "--n-general", "3", "--tool-tokens", "3", "--general-tokens", "3"])
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == result
+    assert sorted(result["tool_selection"]) == ["a", "b", "c", "d", "e"]
+    assert all(0 <= v["accuracy"] <= 100 for v in result["tool_selection"].values())
+    assert result["retrieval"]["n"] == 8 and set(result["retrieval"]["t2i"]) == {"R@1", "R@5", "R@10", "MR"}
+    assert 0 <= result["general_unchanged"]["identical"] <= result["tool_selection"]["a"]["accuracy"]
