@@ -26,3 +26,15 @@ def test_search_and_index_benches_run_tiny(tmp_path, monkeypatch, capsys):
     rows = bench_index.main(["--n", "40", "--model", str(tmp_path / "tiny"), "--no-ocr-run", "--threads", "1"])
     assert rows[1][3].startswith("added 40")
     assert "| gallery |" in capsys.readouterr().out
+
+
+def test_llm_benches_run_tiny(capsys):
+    from bench import bench_llm_cpu, bench_llm_gpu
+
+    res = bench_llm_cpu.main(["--tiny", "--tokens", "6", "--repeats", "1", "--threads", "1"])
+    assert res["generate"]["tokens_per_s"] > 0 and res["chat_stream"]["tokens_per_s"] > 0
+    assert res["ratio_tokens_per_s"] > 0 and res["retrieval_ms"] > 0 and res["index"] == 20
+    res = bench_llm_gpu.main(["--tiny", "--device", "cpu", "--no-compile", "--tokens", "4", "--steps", "1",
+                              "--train-batch", "2"])
+    assert res["decode_tokens_per_s"]["ratio"] > 0 and res["train"]["samples_per_s"] > 0
+    assert "ratio chat_stream / generate" in capsys.readouterr().out
