@@ -3,7 +3,9 @@
 Trainable, and all that an adapter file holds:
 - `tok_in` (5, H): input rows of `<ret> </ret> <img> </img> <pret>`, in the LLM's raw embedding
   space (scaled by the embedding's own `embed_scale` where it has one, e.g. Gemma);
-- `tok_out` (5, H): their output rows, only when the LLM's head is untied (tied: `tok_in` is both);
+- `tok_out` (5, H): their output rows, when the LLM's head is untied (tied: `tok_in` is both), or
+  when `output_rows` asks for them anyway (an option: in a tied model, the input role's gradient,
+  scaled by e.g. Gemma's embedding multiplier, can swamp the output role's);
 - `w_t` (H -> d, no bias): the last hidden state at `<ret>` -> a query in StickerCLIP's space;
 - `w_c` (d -> n·H): a StickerCLIP image feature -> n input embeddings between `<img>` and `</img>`;
 - `logit_scale`: the temperature of the contrastive loss.
@@ -41,6 +43,7 @@ class StickerLLMConfig:
     hidden_size: int = 0
     clip_dim: int = 0
     tied: bool = True
+    output_rows: bool = False  # own output rows for the new tokens even when the LLM's head is tied
     tokens: tuple = SPECIAL_TOKENS
     extra: dict = field(default_factory=dict)  # training provenance
 
@@ -75,7 +78,8 @@ class StickerLLM(nn.Module):
         self.body = llm.get_decoder() if hasattr(llm, "get_decoder") else llm.model
         d, n = config.clip_dim, config.image_tokens
         self.tok_in = nn.Parameter(torch.zeros(len(SPECIAL_TOKENS), H))
-        self.tok_out = None if config.tied else nn.Parameter(torch.zeros(len(SPECIAL_TOKENS), H))
+        own_out = not config.tied or config.output_rows
+        self.tok_out = nn.Parameter(torch.zeros(len(SPECIAL_TOKENS), H)) if own_out else None
         self.w_t = nn.Linear(H, d, bias=False)
         self.w_c = nn.Linear(d, n * H)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
@@ -117,6 +121,7 @@ class StickerLLM(nn.Module):
         self.tok_in.copy_(mean.cpu() + noise * std.cpu())
         if self.tok_out is not None:
             head = self.llm.get_output_embeddings().weight.float()
+            head = head[:min(self.specials.base_len, head.shape[0])]
             self.tok_out.copy_(head.mean(0).cpu() + noise * head.std(0).cpu())
         nn.init.normal_(self.w_t.weight, std=1.0 / math.sqrt(self.w_t.in_features))
         coord = float((rows * self.embed_scale).std())
@@ -124,6 +129,14 @@ class StickerLLM(nn.Module):
         nn.init.zeros_(self.w_c.bias)
         if self.clip is not None:
             self.logit_scale.fill_(float(self.clip.logit_scale.detach().clamp(max=math.log(100))))
+
+    @torch.no_grad()
+    def add_output_rows(self) -> None:
+        """Give the new tokens output rows of their own, starting as copies of their input rows (same
+        logits): for a model trained with a tied head, before training the output side apart."""
+        if self.tok_out is None:
+            self.tok_out = nn.Parameter(self.tok_in.detach().clone())
+            self.config.output_rows = True
 
     def train(self, mode: bool = True) -> "StickerLLM":
         """Train mode for the adapter only: the frozen LLM stays in eval mode (no dropout)."""
@@ -313,12 +326,14 @@ def _atomic(path: Path, write) -> None:
             tmp.unlink()
 
 
-def create(llm: str | tuple, clip, image_tokens: int = 1, device=None, dtype=None) -> StickerLLM:
+def create(llm: str | tuple, clip, image_tokens: int = 1, device=None, dtype=None,
+           output_rows: bool = False) -> StickerLLM:
     """A fresh StickerLLM over `llm` (a load_causal_lm name or a (model, tokenizer) pair) and `clip`
     (a StickerCLIP, or a load_model name/path; its text tower shares the LLM where it can)."""
     model, tok, name = _llm(llm, device, dtype)
     clip_model = _clip(clip, name, (model, tok), device)
-    cfg = StickerLLMConfig(llm=name, clip=getattr(clip_model, "source", str(clip)), image_tokens=image_tokens)
+    cfg = StickerLLMConfig(llm=name, clip=getattr(clip_model, "source", str(clip)), image_tokens=image_tokens,
+                           output_rows=output_rows)
     return StickerLLM(model, tok, cfg, clip=clip_model)
 
 

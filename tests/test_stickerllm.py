@@ -145,6 +145,19 @@ def test_frozen_rows_stay_bit_identical_after_training_with_weight_decay(family,
     assert ("tok_out" in m.trainable()) == (family != "gemma")  # untied heads get output rows
 
 
+def test_tied_model_may_have_its_own_output_rows(clip, tmp_path):
+    llm, tok = tiny_llm("gemma")
+    m = StickerLLM(llm, tok, StickerLLMConfig(llm="tiny", clip="tiny", output_rows=True), clip=clip)
+    assert m.config.tied and "tok_out" in m.trainable()
+    h = torch.randn(2, m.config.hidden_size)
+    with torch.no_grad():
+        m.tok_out[RET].add_(h[0])  # only the output row moves
+    assert torch.allclose(m.logits(h)[:, m.specials.ret], h @ m.tok_out[RET])
+    m.save(tmp_path / "a")
+    back = load(tmp_path / "a", llm=(llm, tok), clip=clip)
+    assert back.config.output_rows and torch.equal(back.tok_out, m.tok_out)
+
+
 def test_labels_cover_the_answer_but_not_the_forced_end_of_retrieval(clip):
     m = make("gemma", clip)
     enc, start = m.builder.encode_answer([{"role": "user", "content": "来个表情包"}], "好的<ret></ret>")

@@ -80,6 +80,12 @@ def test_train_resume_and_eval(setup, tmp_path, monkeypatch, capsys):
     steps = [r["step"] for r in rows if "lm" in r]
     assert steps == [1, 2, 3, 4]  # resumed after step 2, nothing repeated
     assert "refit" in rows[-1] and set(rows[-1]["valid_t2i"]) == {"R@1", "R@5", "R@10", "MR"}
+    # a tied-row adapter gains output rows of its own, and <ret>'s is refit on cached answer states
+    train_stickerllm.main(common + ["--steps", "6", "--stop-after", "4", "--resume", "--output-rows",
+                                    "--refit-out", "16", "--refit-out-steps", "50"])
+    cfg = json.loads((out / "config.json").read_text())
+    fit = cfg["extra"]["refit_out"]
+    assert cfg["output_rows"] and fit["ret_targets"] > 0 and fit["loss_after"] < fit["loss_before"]
     assert all(r["lm"] > 0 and "t2i" in r for r in rows if "lm" in r)
     capsys.readouterr()
     result = eval_stickerllm.main(["--model", str(out), "--data", str(setup), "--split", "test", "--n-tool", "2",
