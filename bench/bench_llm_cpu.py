@@ -117,6 +117,7 @@ def run_chat(chat, n):
 def retrieval_latency(model, index, k=8, runs=50):
     """Median ms of W_t query + index search, and of one decode step."""
     from stickerllm.chat import DynamicDecoder
+    from stickerllm.tokens import END_RET
 
     hs = torch.randn(runs, model.config.hidden_size)
     times = []
@@ -133,7 +134,7 @@ def retrieval_latency(model, index, k=8, runs=50):
         steps = []
         for _ in range(10):
             t0 = time.perf_counter()
-            chat_dec.step(model.specials.end_ret, 1)
+            chat_dec.step(model.specials.end_ret, END_RET)
             steps.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times), statistics.median(steps)
 

@@ -82,10 +82,9 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def log_to(out: Path):
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-    return log
+def log(msg: str) -> None:
+    """Progress goes to stderr; the result JSON goes to stdout."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def image_features(clip, records, log) -> np.ndarray:
@@ -353,7 +352,6 @@ def main(argv=None) -> dict:
 
     acc = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
     out = Path(args.out)
-    log = log_to(out)
     rng = random.Random(args.seed + acc.process_index)
     torch.manual_seed(args.seed)
     errors = []
