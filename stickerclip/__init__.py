@@ -2,10 +2,10 @@
 from .data import (StickerRecord, RecordError, build_text, read_folder, read_jsonl, read_records,
                    read_sticker820k, write_jsonl)
 from .images import StickerImage, StickerImageError, frame_indices, load_frames, load_sticker
-from .index import Hit, IndexModelMismatch, IndexSummary, StickerIndex
+from .index import Hit, IndexModelMismatch, IndexSet, IndexSummary, StickerIndex
 
 __all__ = [
     "StickerRecord", "RecordError", "build_text", "read_folder", "read_jsonl", "read_records",
     "read_sticker820k", "write_jsonl", "StickerImage", "StickerImageError", "frame_indices",
-    "load_frames", "load_sticker", "Hit", "IndexModelMismatch", "IndexSummary", "StickerIndex",
+    "load_frames", "load_sticker", "Hit", "IndexModelMismatch", "IndexSet", "IndexSummary", "StickerIndex",
 ]

@@ -729,6 +729,53 @@ class StickerIndex:
         return list(self._ids)
 
 
+class IndexSet:
+    """Several StickerIndexes of one model searched as one (the gallery and a person's own library):
+    the query is encoded once, each index is searched, hits are merged by score."""
+
+    def __init__(self, indexes: Iterable[StickerIndex]):
+        self.indexes = [i for i in indexes if i is not None]
+        if not self.indexes:
+            raise ValueError("IndexSet needs at least one index")
+        models = {i.info()["model"] for i in self.indexes}
+        if len(models) > 1:
+            raise IndexModelMismatch(f"indexes built with different models: {sorted(models)}")
+        self.model = self.indexes[0].model
+
+    def __len__(self) -> int:
+        return sum(len(i) for i in self.indexes)
+
+    def info(self) -> dict:
+        infos = [i.info() for i in self.indexes]
+        return {"stickers": len(self), "model": infos[0]["model"], "indexes": infos}
+
+    def search(self, text: str | None = None, image=None, k: int = 24, query_vectors=None, **filters) -> list[Hit]:
+        """StickerIndex.search over every index; the best k overall (an id found twice kept once)."""
+        if query_vectors is None:
+            text = text.strip() if isinstance(text, str) else text
+            if not text and image is None:
+                raise ValueError("search needs a text, an image or both")
+            query_vectors = (self.model.encode_texts([text])[0] if text else None,
+                             self.model.encode_images([image])[0] if image is not None else None)
+        hits: list[Hit] = []
+        for index in self.indexes:
+            hits += index.search(k=k, query_vectors=query_vectors, **filters)
+        hits.sort(key=lambda h: -h.score)
+        seen, out = set(), []
+        for h in hits:
+            if h.id not in seen:
+                seen.add(h.id)
+                out.append(h)
+        return out[:k]
+
+    def get(self, sticker_id: str) -> Hit | None:
+        for index in self.indexes:
+            hit = index.get(sticker_id)
+            if hit is not None:
+                return hit
+        return None
+
+
 # ------------------------------------------------------------------------------------- helpers
 def _walk(root: Path, summary: IndexSummary):
     """Sticker-like files under root, sorted; symlinks leaving the folder are refused."""

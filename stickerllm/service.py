@@ -1,0 +1,454 @@
+"""The app's engine, without UI code: models loaded in the background, the sticker gallery and a
+person's own library searched as one, chat sessions, and indexing of folders and uploads.
+
+    service = StickerService(ServiceOptions())      # the embedded default, offline
+    service.start()                                 # loads in a thread: the page can be served meanwhile
+    views = service.search("晚安", top_k=12)          # dicts: id, path, score, caption, labels ...
+    session = ChatSession()
+    for update in service.chat(session, "来个开心的表情包", settings=ChatSettings(pret=True)):
+        update.parts                                # [("text", str) | ("stickers", [view, ...]), ...]
+
+`app.py` lays these out in Gradio (through `stickerllm.webui`); tests call them directly.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from stickerclip import labels
+from stickerclip.data import IMAGE_EXTENSIONS
+from stickerclip.gallery import GALLERY
+
+from .chat import ChatSettings, Done, Retrieval, TextChunk
+
+DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "assets" / "stickerllm"
+MAX_MEMBER_BYTES = 64 << 20  # one sticker file from an upload or a zip
+
+
+class NotReady(RuntimeError):
+    """A model the request needs is still loading (or failed to load: the message says why)."""
+
+
+@dataclass
+class ServiceOptions:
+    clip: str | None = None  # StickerCLIP (load_model source); None: the adapter's, else the embedded default
+    llm: str | None = None  # the base LLM; None: the one the adapter names
+    adapter: str | None = None  # StickerLLM adapter directory; None: assets/stickerllm
+    library: str | None = None  # the person's own index directory; None: <cache>/library/<model id>
+    gallery: str | None = str(GALLERY)  # the sticker gallery (all.jsonl inside); "" or None: none
+    device: str | None = None  # None: cuda when available, else cpu
+    folders: tuple[str, ...] = ()  # folders to index once the models are loaded
+    chat: bool = True  # load the LLM (False: search and library only)
+    local_folders: bool = True  # requests may index folders of the server by path (local runs only)
+    ocr: bool = True  # read captions of the person's stickers with RapidOCR while indexing
+    max_upload_files: int = 5000  # files per upload (zip members included)
+    max_upload_bytes: int = 1 << 30  # bytes per upload, zip members uncompressed
+
+
+@dataclass
+class ChatUpdate:
+    """The reply so far: parts in order, ("text", str) or ("stickers", [view, ...])."""
+
+    parts: list
+    done: bool = False
+    reason: str = ""  # when done: "stop", "length" or "cancelled"
+
+    @property
+    def text(self) -> str:
+        return "".join(p for kind, p in self.parts if kind == "text")
+
+    @property
+    def stickers(self) -> list[dict]:
+        return [v for kind, p in self.parts if kind == "stickers" for v in p]
+
+
+class ChatSession:
+    """One conversation: the model's history (with the stickers it showed) and a cancel flag.
+    Copies (Gradio copies a session's initial state) share nothing."""
+
+    def __init__(self, history: list | None = None):
+        self.history: list[dict] = list(history or [])
+        self.cancel = threading.Event()
+
+    def __deepcopy__(self, memo):
+        return ChatSession(copy.deepcopy(self.history, memo))
+
+    def shown(self) -> list[str]:
+        return [s for h in self.history for s in (h.get("stickers") or ())]
+
+    def undo(self) -> bool:
+        """Drop the last exchange (user turn and the reply to it); False when there is none."""
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i]["role"] == "user":
+                del self.history[i:]
+                return True
+        return False
+
+
+def hit_view(hit) -> dict:
+    """A search hit as the UI shows it: labels in Chinese, one caption line."""
+    emotions, style = hit.labels()
+    emo = "、".join(labels.emotion_zh(emotions))
+    sty = labels.style_zh(style)
+    bits = [f"{hit.score:.3f}", hit.description or Path(hit.path).name]
+    if emo:
+        bits.append(emo)
+    if sty:
+        bits.append(sty)
+    if hit.ocr:
+        bits.append(f"文字 OCR: {hit.ocr}")
+    return {"id": hit.id, "file": hit.path, "score": round(float(hit.score), 4), "description": hit.description,
+            "emotions": emotions, "emotions_zh": emo, "style": style, "style_zh": sty, "ocr": hit.ocr,
+            "animated": hit.animated, "caption": " · ".join(bits)}
+
+
+class StickerService:
+    """Models, indexes and handlers for one app process. Thread-safe."""
+
+    def __init__(self, options: ServiceOptions | None = None, log: Callable[[str], None] | None = None, *,
+                 clip=None, model=None):
+        """`clip` (a StickerCLIP) and `model` (a StickerLLM) use models already loaded instead of the
+        ones the options name (a StickerLLM brings its own StickerCLIP)."""
+        self.options = options or ServiceOptions()
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.model = model
+        self.clip = model.clip if model is not None and model.clip is not None else clip
+        self.gallery = None
+        self.library = None
+        self.indexes = None
+        self.chatter = None
+        self._search_ready = threading.Event()
+        self._chat_ready = threading.Event()
+        self._state = {"search": "loading", "chat": "loading" if self.options.chat else "off"}
+        self._index_lock = threading.Lock()
+        self._roots: list[Path] = []
+        self._root_listeners: list[Callable[[str], None]] = []
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------ loading
+    def start(self, background: bool = True) -> "StickerService":
+        """Load the models (in a thread with `background`); `status()` tells how far it got."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._load, name="sticker-service-load", daemon=True)
+            self._thread.start()
+        if not background:
+            self._thread.join()
+        return self
+
+    def _device(self) -> str:
+        if self.options.device:
+            return self.options.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _adapter_dir(self) -> Path:
+        return Path(self.options.adapter).expanduser() if self.options.adapter else DEFAULT_ADAPTER
+
+    def _clip_source(self) -> str:
+        if self.options.clip:
+            return self.options.clip
+        cfg = self._adapter_dir() / "config.json"
+        if cfg.is_file():  # the StickerCLIP the adapter was trained with
+            from .model import _relative
+
+            return _relative(json.loads(cfg.read_text()).get("clip") or "", self._adapter_dir())
+        from stickerclip.model import DEFAULT_MODEL
+
+        return str(DEFAULT_MODEL)
+
+    def _load(self) -> None:
+        from stickerclip.gallery import default_index
+        from stickerclip.index import IndexSet, StickerIndex
+        from stickerclip.llm import cache_dir
+        from stickerclip.model import load_model
+
+        device = self._device()
+        try:
+            t0 = time.time()
+            if self.clip is None:
+                self.clip = load_model(self._clip_source(), device=device)
+            if self.options.gallery:
+                self.gallery = default_index(self.clip, self.options.gallery, log=self.log)
+                self._add_root(self.options.gallery)
+            lib = Path(self.options.library).expanduser() if self.options.library else \
+                cache_dir() / "library" / self.clip.identity()
+            self.library = StickerIndex.open(lib, self.clip, ocr=self.options.ocr)
+            self._add_root(lib)
+            for folder in self.library.folders():
+                self._add_root(folder)
+            self.indexes = IndexSet([self.gallery, self.library])
+            self._state["search"] = "ready"
+            self._search_ready.set()
+            self.log(f"search ready: {len(self.indexes)} stickers ({time.time() - t0:.1f} s)")
+        except Exception as exc:  # shown in the UI's status line; requests get NotReady with it
+            self._state["search"] = f"error: {exc}"
+            self._state["chat"] = "off: search failed to load"
+            self._search_ready.set()
+            self._chat_ready.set()
+            self.log(f"search failed to load: {exc}")
+            return
+        for folder in self.options.folders:
+            try:
+                self.log(f"indexing {folder}: {self.add_folder(folder, trusted=True)}")
+            except Exception as exc:
+                self.log(f"indexing {folder} failed: {exc}")
+        if self.options.chat:
+            self._load_chat(device)
+
+    def _load_chat(self, device: str) -> None:
+        from . import model as sllm
+        from .chat import StickerChat
+
+        adapter = self._adapter_dir()
+        try:
+            if self.model is not None:
+                self.chatter = StickerChat(self.model, self.indexes)
+                self._state["chat"] = "ready"
+                return
+            if not (adapter / "config.json").is_file():
+                raise FileNotFoundError(f"no StickerLLM adapter in {adapter} (train one: python -m "
+                                        "train.train_stickerllm, or pass --adapter)")
+            t0 = time.time()
+            self._state["chat"] = "loading the LLM (the first run converts and caches it: about a minute)"
+            self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device)
+            self.chatter = StickerChat(self.model, self.indexes)
+            self._state["chat"] = "ready"
+            self.log(f"chat ready: {self.model.config.llm} + {adapter} ({time.time() - t0:.1f} s)")
+        except Exception as exc:
+            self._state["chat"] = f"error: {exc}"
+            self.log(f"chat failed to load: {exc}")
+        finally:
+            self._chat_ready.set()
+
+    def wait(self, what: str = "search", timeout: float | None = None) -> None:
+        """Block until `what` ("search" or "chat") is ready; NotReady if it failed or timed out."""
+        if what == "chat" and not self.options.chat:
+            raise NotReady("chat is off in this app (started without an LLM)")
+        event = self._search_ready if what == "search" else self._chat_ready
+        if self._thread is None:
+            self.start()
+        if not event.wait(timeout):
+            raise NotReady(f"the {what} model is still loading: {self._state[what]}")
+        if self._state[what] != "ready":
+            raise NotReady(f"{what} is unavailable: {self._state[what]}")
+
+    def ready(self, what: str = "search") -> bool:
+        return self._state.get(what) == "ready"
+
+    def status(self) -> str:
+        """One line for the UI: what is ready, what is loading, what failed."""
+        def part(what, zh):
+            st = self._state[what]
+            mark = "✅" if st == "ready" else ("⏳" if st.startswith("loading") else "⚠️")
+            return f"{mark} {zh} {what}: {st}"
+
+        n = f" · {len(self.indexes)} 张表情 stickers" if self.indexes is not None else ""
+        return f"{part('search', '搜索')}{n} · {part('chat', '聊天')}"
+
+    # ------------------------------------------------------------------------------ paths
+    def _add_root(self, path) -> None:
+        p = Path(path).expanduser().resolve()
+        if p not in self._roots:
+            self._roots.append(p)
+            for fn in list(self._root_listeners):
+                fn(str(p))
+
+    def allowed_roots(self) -> list[str]:
+        """Folders whose files may be served: the gallery, the library (uploads inside) and the
+        folders indexed into it."""
+        return [str(p) for p in self._roots]
+
+    def on_new_root(self, fn: Callable[[str], None]) -> None:
+        """Call `fn(folder)` for every folder that becomes servable (now and later)."""
+        self._root_listeners.append(fn)
+        for p in list(self._roots):
+            fn(str(p))
+
+    def servable(self, path) -> bool:
+        try:
+            p = Path(path).resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False
+        return p.is_file() and any(p == r or r in p.parents for r in self._roots)
+
+    def _views(self, hits) -> list[dict]:
+        return [hit_view(h) for h in hits if self.servable(h.path)]
+
+    # ------------------------------------------------------------------------------ search
+    def search(self, text: str | None = None, image=None, top_k: int = 24, beta: float = 0.3, emotions=(),
+               style: str | None = None, safe: bool = True, exclude=(), timeout: float | None = 300) -> list[dict]:
+        """Stickers for a text, a sticker (path, bytes or image) or both, best first, as views."""
+        text = (text or "").strip()
+        if not text and image is None:
+            raise ValueError("search needs a text, a sticker or both")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or not 1 <= top_k <= 200:
+            raise ValueError(f"top_k={top_k!r}: must be a number in [1, 200]")
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 10:
+            raise ValueError(f"beta={beta!r}: must be a number in [0, 10]")
+        self.wait("search", timeout)
+        hits = self.indexes.search(text=text or None, image=image, k=int(top_k), beta=float(beta),
+                                   emotions=list(emotions or ()) or None, style=style or None, safe=bool(safe),
+                                   exclude=exclude)
+        return self._views(hits)
+
+    def more_like(self, sticker_id: str, top_k: int = 24, safe: bool = True) -> list[dict]:
+        """Stickers that look like the sticker `sticker_id` (itself left out)."""
+        self.wait("search")
+        hit = self.indexes.get(sticker_id)
+        if hit is None or not self.servable(hit.path):
+            raise ValueError(f"unknown sticker {sticker_id!r}")
+        return self.search(image=hit.path, top_k=top_k, safe=safe, exclude=[sticker_id])
+
+    # ------------------------------------------------------------------------------ library
+    def add_folder(self, folder, progress: Callable[[int, int], None] | None = None, trusted: bool = False):
+        """Index a folder of this machine into the library (incremental); the IndexSummary."""
+        if not trusted and not self.options.local_folders:
+            raise PermissionError("indexing folders of the server is off here: upload the stickers instead")
+        folder = str(folder or "").strip()
+        if not folder:
+            raise ValueError("give the path of a folder")
+        path = Path(folder).expanduser()
+        if not path.is_dir():
+            raise NotADirectoryError(f"{folder}: not a folder")
+        self.wait("search")
+        with self._index_lock:
+            summary = self.library.add_folder(path, progress=progress or False)
+        self._add_root(path)
+        return summary
+
+    def add_files(self, files, progress: Callable[[int, int], None] | None = None):
+        """Copy uploaded sticker files (and the stickers inside zip files) into the library's
+        uploads folder and index them. Returns (IndexSummary, upload folder); anything skipped
+        before indexing is in summary.failed with the reason."""
+        files = [str(f) for f in (files or [])]
+        if not files:
+            raise ValueError("no files were uploaded")
+        self.wait("search")
+        dest = Path(self.library.directory) / "uploads" / time.strftime("%Y%m%d-%H%M%S")
+        n = 0
+        while dest.exists():
+            n += 1
+            dest = dest.with_name(f"{dest.name.split('~')[0]}~{n}")
+        dest.mkdir(parents=True)
+        budget = {"files": self.options.max_upload_files, "bytes": self.options.max_upload_bytes}
+        skipped: list[tuple[str, str]] = []
+        for f in files:
+            name = Path(f).name
+            try:
+                if zipfile.is_zipfile(f):
+                    self._unzip(f, dest / Path(name).stem, budget, skipped)
+                elif name.lower().endswith(IMAGE_EXTENSIONS):
+                    size = os.path.getsize(f)
+                    if not self._spend(budget, size, name, skipped):
+                        continue
+                    shutil.copyfile(f, _free_name(dest / name))
+                else:
+                    skipped.append((name, f"not a sticker file (expected {', '.join(IMAGE_EXTENSIONS)} or .zip)"))
+            except (OSError, zipfile.BadZipFile) as exc:
+                skipped.append((name, f"unreadable upload: {exc}"))
+        with self._index_lock:
+            summary = self.library.add_folder(dest, progress=progress or False)
+        summary.failed = skipped + summary.failed
+        self._add_root(dest)
+        return summary, str(dest)
+
+    @staticmethod
+    def _spend(budget: dict, size: int, name: str, skipped: list) -> bool:
+        if size > MAX_MEMBER_BYTES:
+            skipped.append((name, f"too large ({size} bytes; at most {MAX_MEMBER_BYTES} per sticker)"))
+            return False
+        if budget["files"] <= 0 or budget["bytes"] < size:
+            skipped.append((name, "over the upload limit (files or bytes)"))
+            return False
+        budget["files"] -= 1
+        budget["bytes"] -= size
+        return True
+
+    def _unzip(self, archive: str, dest: Path, budget: dict, skipped: list) -> None:
+        """Sticker files of a zip into dest; names that would leave dest, other files, oversized
+        members and members past the upload limit are skipped with a reason."""
+        label = Path(archive).name
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                name = f"{label}:{info.filename}"
+                parts = Path(info.filename.replace("\\", "/")).parts
+                if not parts or info.filename.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+                    skipped.append((name, "unsafe path inside the zip"))
+                    continue
+                if not info.filename.lower().endswith(IMAGE_EXTENSIONS):
+                    skipped.append((name, "not a sticker file"))
+                    continue
+                if not self._spend(budget, info.file_size, name, skipped):
+                    continue
+                target = _free_name(dest.joinpath(*parts))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    with zf.open(info) as src:
+                        data = src.read(MAX_MEMBER_BYTES + 1)  # the declared size may lie
+                except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError) as exc:
+                    skipped.append((name, f"unreadable in the zip: {exc}"))
+                    continue
+                if len(data) > MAX_MEMBER_BYTES:
+                    skipped.append((name, "too large once uncompressed"))
+                    continue
+                target.write_bytes(data)
+
+    # ------------------------------------------------------------------------------ chat
+    def chat(self, session: ChatSession, message: str, images=(), settings: ChatSettings | None = None,
+             timeout: float | None = 600) -> Iterator[ChatUpdate]:
+        """The reply to `message` (with uploaded sticker files `images`) as growing ChatUpdates; the
+        exchange then goes into `session`. `session.cancel.set()` stops it before the next token."""
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a string, got {type(message).__name__}")
+        images = [str(p) for p in (images or [])]
+        if not message.strip() and not images:
+            raise ValueError("say something or send a sticker")
+        s = (settings or ChatSettings()).checked()
+        self.wait("chat", timeout)
+        session.cancel.clear()
+        parts: list = []
+        events = self.chatter.chat_stream(message, images, session.history, s, cancel=session.cancel)
+        done, started = None, False
+        try:
+            for ev in events:
+                started = True  # the prompt was built: the images loaded, the settings held
+                if isinstance(ev, TextChunk):
+                    if parts and parts[-1][0] == "text":
+                        parts[-1] = ("text", parts[-1][1] + ev.text)
+                    else:
+                        parts.append(("text", ev.text))
+                elif isinstance(ev, Retrieval):
+                    parts.append(("stickers", self._views(ev.hits)))
+                elif isinstance(ev, Done):
+                    done = ev
+                    break
+                yield ChatUpdate(list(parts))
+        finally:
+            events.close()
+            if started:  # the exchange, finished or not, goes into the history with what was shown
+                reply = done.reply if done is not None else "".join(p for k, p in parts if k == "text")
+                shown = done.stickers if done is not None else [v["id"] for v in ChatUpdate(parts).stickers]
+                session.history.append({"role": "user", "content": message, "images": images})
+                session.history.append({"role": "assistant", "content": reply, "stickers": shown,
+                                        "parts": list(parts)})
+        yield ChatUpdate(list(parts), done=True, reason=done.reason if done is not None else "cancelled")
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `name~N.ext` beside it when taken."""
+    n, out = 0, path
+    while out.exists():
+        n += 1
+        out = path.with_name(f"{path.stem}~{n}{path.suffix}")
+    return out
