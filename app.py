@@ -183,7 +183,7 @@ def build(service, local_folders: bool = True):
         search_fn = gpu(functools.partial(webui.search, s))
         q_btn.click(search_fn, [q_text, q_image, q_k, q_beta, q_emotions, q_style, q_safe],
                     [results, search_views, q_note], api_name="search", concurrency_id="search",
-                    concurrency_limit=4)
+                    concurrency_limit=2)
         q_text.submit(search_fn, [q_text, q_image, q_k, q_beta, q_emotions, q_style, q_safe],
                       [results, search_views, q_note], api_visibility="private", concurrency_id="search")
 

@@ -287,10 +287,11 @@ def read_sticker820k(root: str | os.PathLike, split: str | None = "train",
         list_file = root / f"{split}.txt"
         if not list_file.is_file():
             raise RecordError(f"{list_file}: split list not found (expected train.txt / valid.txt)")
-        names: Iterable[str] = (ln.strip() for ln in open(list_file, encoding="utf-8"))
+        # a line that is not UTF-8 becomes a name with \xNN in it: reported as missing, not fatal
+        names: Iterable[str] = (ln.strip() for ln in open(list_file, encoding="utf-8", errors="backslashreplace"))
     else:
         with env.begin() as txn:
-            names = [k.decode("utf-8", "replace") for k, _ in txn.cursor()]
+            names = [k.decode("utf-8", "backslashreplace") for k, _ in txn.cursor()]
     with env.begin(buffers=False) as txn:
         for name in names:
             if not name:
@@ -298,7 +299,8 @@ def read_sticker820k(root: str | os.PathLike, split: str | None = "train",
             try:
                 raw = txn.get(name.encode("utf-8"))
                 if raw is None:
-                    raise RecordError(f"{root}/infos[{name}]: listed in {split}.txt but missing from infos/")
+                    where = f"listed in {split}.txt but missing from infos/" if split else "key is not valid UTF-8"
+                    raise RecordError(f"{root}/infos[{name}]: {where}")
                 try:
                     info = pickle.loads(raw)  # noqa: S301 - the release format is pickle
                 except Exception as exc:

@@ -104,7 +104,8 @@ def read_sticker_bytes(source, label: str) -> bytes:
         path = Path(source)
         try:
             if not path.is_file():
-                raise UnreadableImageError(label, "no such file" if not path.exists() else "not a regular file")
+                raise UnreadableImageError(label, "not a regular file" if path.exists() else
+                                           "broken or looping symlink" if path.is_symlink() else "no such file")
             size = path.stat().st_size
             if size > MAX_FILE_BYTES:
                 raise ImageTooLargeError(label, f"file is {size} bytes, limit {MAX_FILE_BYTES}")
@@ -150,6 +151,12 @@ def _to_rgb(frame: Image.Image) -> Image.Image:
     return frame.convert("RGB")
 
 
+def _signed(data: bytes) -> bool:
+    """Whether data starts with the signature of PNG, JPEG, GIF or WebP."""
+    return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")) or (
+        data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 def load_sticker(source: Source, name: str | None = None) -> StickerImage:
     """Load a sticker from a path, bytes, a binary file object or a PIL image.
 
@@ -170,6 +177,8 @@ def load_sticker(source: Source, name: str | None = None) -> StickerImage:
         except Image.DecompressionBombWarning as exc:
             raise ImageTooLargeError(label, f"decompression bomb: {exc}") from None
         except UnidentifiedImageError:
+            if _signed(data):  # a sticker format's signature, then nothing Pillow can parse
+                raise TruncatedImageError(label, "starts like a PNG/JPEG/GIF/WebP but its header is broken") from None
             raise NotAnImageError(label, "the data is no image format we read (png, jpeg, gif, webp, bmp)") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise TruncatedImageError(label, str(exc) or type(exc).__name__) from None
@@ -220,6 +229,9 @@ def _decode(img: Image.Image, label: str) -> StickerImage:
                 if n > MAX_FRAMES:
                     raise TooManyFramesError(label, f"{n} frames, limit {MAX_FRAMES}")
                 animated = n > 1
+            # Decode frame 0 before reading EXIF: a PNG's getexif() loads the image itself, and a decode
+            # error swallowed there left a blank image behind (found by tests/test_hostile.py).
+            img.load()
             orientation = _orientation(img)
             size = img.size
             frames = []

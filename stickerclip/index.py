@@ -26,6 +26,8 @@ CLI: python -m stickerclip.index add FOLDER --index DIR [--model M] [--no-ocr] [
 from __future__ import annotations
 
 import argparse
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -76,6 +78,34 @@ CREATE TABLE IF NOT EXISTS folders (path TEXT PRIMARY KEY, added REAL NOT NULL);
 
 class IndexModelMismatch(ValueError):
     """The index was built with another embedding model; vectors of two models never mix."""
+
+
+class IndexDiskFull(OSError):
+    """The disk filled while indexing: what was committed before is kept, the index stays valid."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_is_clear(method):
+    """An add that fills the disk raises IndexDiskFull saying so and what was kept (SQLite rolls
+    back the batch it was writing; vectors.npz is a cache rebuilt from SQLite on open)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        before = len(self)
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, sqlite3.OperationalError) as exc:
+            if isinstance(exc, IndexDiskFull) or not _is_disk_full(exc):
+                raise
+            self._changed = 0
+            raise IndexDiskFull(errno.ENOSPC, f"disk full while indexing into {self.directory}: {len(self) - before} "
+                                f"new stickers were saved before it filled and the index is intact; free some "
+                                f"space and add again to finish") from exc
+    return wrapper
 
 
 @dataclass
@@ -305,6 +335,7 @@ class StickerIndex:
             self._vec.save(self.directory / "vectors.npz", {"rows": self._rows})
 
     # ---------------------------------------------------------------------------------- adding
+    @_disk_full_is_clear
     def add_folder(self, folder: str | os.PathLike, *, prune: bool = False, batch_size: int = 64,
                    progress: Callable[[int, int], None] | bool | None = True, ocr: bool | None = None
                    ) -> IndexSummary:
@@ -317,6 +348,8 @@ class StickerIndex:
         root = Path(folder).expanduser().resolve()
         if not root.is_dir():
             raise NotADirectoryError(f"{folder}: not a folder")
+        if not _utf8(str(root)):
+            raise ValueError(f"{_shown(str(root))}: folder name is not valid UTF-8 (rename the folder)")
         summary = IndexSummary()
         with self._lock:
             self.db.execute("INSERT OR IGNORE INTO folders VALUES (?, ?)", (str(root), time.time()))
@@ -345,6 +378,7 @@ class StickerIndex:
         summary.seconds = time.time() - t0
         return summary
 
+    @_disk_full_is_clear
     def add(self, records: Iterable[StickerRecord], *, batch_size: int = 64,
             progress: Callable[[int, int], None] | bool | None = False, ocr: bool | None = None) -> IndexSummary:
         """Index records (JSONL, Sticker820K, ...): their descriptions, emotions, style and OCR are kept.
@@ -788,6 +822,9 @@ def _walk(root: Path, summary: IndexSummary):
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = os.path.join(dirpath, name)
+            if not _utf8(path):  # SQLite keeps paths as UTF-8 text: such a name would fail the whole batch
+                summary.failed.append((_shown(path), "file name is not valid UTF-8 (rename the file)"))
+                continue
             if os.path.islink(path):
                 try:
                     target = Path(path).resolve(strict=True)
@@ -798,6 +835,19 @@ def _walk(root: Path, summary: IndexSummary):
                     summary.failed.append((path, "symlink points outside the folder"))
                     continue
             yield path
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # os.walk gives undecodable bytes of a name as lone surrogates
+        return False
+
+
+def _shown(path: str) -> str:
+    """A path that can be printed and stored: undecodable bytes of its name as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _style_code(key: str) -> int:
@@ -842,8 +892,11 @@ def main(argv=None) -> int:
         return 2
     with index:
         if args.cmd == "add":
-            s = index.add_folder(args.folder, prune=args.prune, batch_size=args.batch_size,
-                                 progress=True)
+            try:
+                s = index.add_folder(args.folder, prune=args.prune, batch_size=args.batch_size, progress=True)
+            except IndexDiskFull as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
             print(json.dumps(s.to_json(), ensure_ascii=False) if args.json else str(s))
         elif args.cmd == "remove":
             print(index.remove(args.ids))

@@ -116,11 +116,15 @@ class VectorIndex:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp")
         meta = np.array([self.dim, self.exact_max, self.nprobe, self.trained_at], np.int64)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, faiss_index=faiss.serialize_index(self.index), faiss_meta=meta, **(extra or {}))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, faiss_index=faiss.serialize_index(self.index), faiss_meta=meta, **(extra or {}))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:  # a full disk, say: the old file stays, the partial one goes
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["VectorIndex", dict[str, np.ndarray]]:

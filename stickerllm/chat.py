@@ -113,6 +113,15 @@ class StickerChat:
         while len(enc) > s.max_input_tokens and len(msgs) > 1:
             msgs = msgs[2:] if len(msgs) > 2 else msgs[1:]  # drop the oldest exchange
             enc = self.model.builder.encode(msgs, pret=s.pret)
+        while len(enc) > s.max_input_tokens and msgs[-1]["content"]:
+            # the new message alone is too long: cut its text (its stickers and the template stay)
+            text = msgs[-1]["content"]
+            keep = min(len(text) - 1, len(text) * s.max_input_tokens // len(enc))
+            msgs[-1] = {**msgs[-1], "content": text[:keep]}
+            enc = self.model.builder.encode(msgs, pret=s.pret)
+        if len(enc) > s.max_input_tokens:
+            raise ValueError(f"the message does not fit in {s.max_input_tokens} tokens even without its text "
+                             f"({len(msgs[-1]['images'])} stickers)")
         imgs = [im for m in msgs for im in (m.get("images") or [])]
         feats = self.model.encode_images(imgs) if imgs else None
         return enc, feats, shown

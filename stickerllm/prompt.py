@@ -27,6 +27,12 @@ PLAIN_STOP = "\nUser:"
 
 _HOLE = re.compile("\ue000(\\d+)\ue001")
 _SPECIAL_TEXT = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` with lone surrogates (JSON allows "\\ud800"; no tokenizer takes them) as U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 @dataclass
@@ -90,7 +96,7 @@ class PromptBuilder:
         """Ids of untrusted text: special-token strings are split into plain text."""
         if not text:
             return []
-        return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return list(self.tokenizer(valid_text(text), add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def _template_text(self, text: str) -> list[int]:
         if not text:

@@ -13,6 +13,7 @@ person's own library searched as one, chat sessions, and indexing of folders and
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from stickerclip.data import IMAGE_EXTENSIONS
 from stickerclip.gallery import GALLERY
 
 from .chat import ChatSettings, Done, Retrieval, TextChunk
+from .prompt import valid_text
 
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "assets" / "stickerllm"
 MAX_MEMBER_BYTES = 64 << 20  # one sticker file from an upload or a zip
@@ -287,7 +289,7 @@ class StickerService:
     def search(self, text: str | None = None, image=None, top_k: int = 24, beta: float = 0.3, emotions=(),
                style: str | None = None, safe: bool = True, exclude=(), timeout: float | None = 300) -> list[dict]:
         """Stickers for a text, a sticker (path, bytes or image) or both, best first, as views."""
-        text = (text or "").strip()
+        text = valid_text((text or "").strip())
         if not text and image is None:
             raise ValueError("search needs a text, a sticker or both")
         if isinstance(top_k, bool) or not isinstance(top_k, (int, float)) or not 1 <= top_k <= 200:
@@ -344,16 +346,22 @@ class StickerService:
         for f in files:
             name = Path(f).name
             try:
-                if zipfile.is_zipfile(f):
-                    self._unzip(f, dest / Path(name).stem, budget, skipped)
-                elif name.lower().endswith(IMAGE_EXTENSIONS):
+                if not os.path.isfile(f):  # a FIFO would block is_zipfile and copyfile forever
+                    skipped.append((name, "not a regular file" if os.path.lexists(f) else "no such file"))
+                elif name.lower().endswith(IMAGE_EXTENSIONS):  # by name first: a PNG may end in a zip
                     size = os.path.getsize(f)
                     if not self._spend(budget, size, name, skipped):
                         continue
                     shutil.copyfile(f, _free_name(dest / name))
+                elif zipfile.is_zipfile(f):
+                    self._unzip(f, dest / Path(name).stem, budget, skipped)
                 else:
                     skipped.append((name, f"not a sticker file (expected {', '.join(IMAGE_EXTENSIONS)} or .zip)"))
             except (OSError, zipfile.BadZipFile) as exc:
+                if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):  # no partial copies left behind
+                    shutil.rmtree(dest, ignore_errors=True)
+                    raise OSError(errno.ENOSPC, f"disk full while saving the upload into {dest.parent}: nothing "
+                                  "of it was added; free some space and upload again") from exc
                 skipped.append((name, f"unreadable upload: {exc}"))
         with self._index_lock:
             summary = self.library.add_folder(dest, progress=progress or False)
@@ -411,12 +419,16 @@ class StickerService:
         exchange then goes into `session`. `session.cancel.set()` stops it before the next token."""
         if not isinstance(message, str):
             raise TypeError(f"message must be a string, got {type(message).__name__}")
+        message = valid_text(message)
         images = [str(p) for p in (images or [])]
         if not message.strip() and not images:
             raise ValueError("say something or send a sticker")
         s = (settings or ChatSettings()).checked()
         self.wait("chat", timeout)
         session.cancel.clear()
+        for h in session.history:  # a sticker sent earlier whose file is gone (a cleaned upload cache)
+            if h.get("images"):     # leaves the conversation instead of breaking every later turn
+                h["images"] = [p for p in h["images"] if os.path.isfile(p)]
         parts: list = []
         events = self.chatter.chat_stream(message, images, session.history, s, cancel=session.cancel)
         done, started = None, False

@@ -17,3 +17,23 @@ def open_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("open")
     build_open_stickers.main(["--out", str(out)])
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random StickerCLIP saved in a folder (its load_model source)."""
+    import torch
+
+    from stickerclip.model import load_model
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("tiny")
+    load_model("tiny").save(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    from stickerclip.model import load_model
+
+    return load_model(str(tiny_dir))

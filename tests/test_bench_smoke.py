@@ -38,3 +38,30 @@ def test_llm_benches_run_tiny(capsys):
                               "--train-batch", "2"])
     assert res["decode_tokens_per_s"]["ratio"] > 0 and res["train"]["samples_per_s"] > 0
     assert "ratio chat_stream / generate" in capsys.readouterr().out
+
+
+def test_app_load_bench_smoke(tmp_path, monkeypatch, capsys):
+    """The load bench against the tiny app (launched here, queue of 4): sessions keep their own
+    histories, nothing fails under load, a burst past the queue is turned away politely and the app
+    answers afterwards. (The full run starts the app in a process of its own: bench.bench_app_load.)"""
+    import json
+
+    import app
+    from bench import bench_app_load
+    from tests.appworld import free_port, make_service
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    service = make_service(tmp_path, delay=0.02)
+    demo = app.launch(service, port=free_port(), max_queue=4, block=False, quiet=True)
+    try:
+        res = bench_app_load.main(["--smoke", "--url", demo.local_url, "--shed-queue", "4",
+                                   "--images", str(tmp_path / "gallery" / "images")])
+    finally:
+        demo.close()
+    load, shed = res["load"], res["shed"]
+    assert load["errors"] == {} and load["histories_intact"] and load["chat"]["turns"] >= 2
+    assert load["search"]["requests"] >= 1 and load["chat"]["done_ms"]["p50"] >= load["chat"]["first_update_ms"]["p50"]
+    assert shed["requests"] == 16 and shed["shed"] >= 1 and shed["completed"] >= 1
+    assert shed["shed"] + shed["completed"] == 16 and shed["other_errors"] == {}
+    assert shed["answers_after"] == {"search": True, "chat": True}
+    assert json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]) == res

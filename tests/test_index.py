@@ -23,19 +23,6 @@ from tests.imagegen import animated_bytes, png_bytes
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny")
-    load_model("tiny").save(d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_dir):
-    return load_model(str(tiny_dir))
-
-
 def noise_png(seed: int, size=(48, 48)) -> bytes:
     import io
 

@@ -2,12 +2,10 @@
 import json
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from stickerclip.data import StickerRecord, write_jsonl
-from stickerclip.model import StickerCLIP, named_config
-from tests.tinymodels import tiny_llm
+from tests.tinymodels import save_tiny_llm_and_clip
 from train import build_instructions, eval_stickerllm, train_stickerllm
 
 COLOURS = {"红色": (230, 30, 30), "绿色": (30, 200, 30), "蓝色": (30, 30, 230), "黄色": (240, 220, 20)}
@@ -28,11 +26,7 @@ def setup(tmp_path_factory):
                                       emotions=["smiling"], style="abstract_icons"))
     for split in ("train", "valid", "test"):
         write_jsonl(recs, root / f"{split}.jsonl")
-    llm, tok = tiny_llm("gemma")
-    llm.save_pretrained(root / "llm")
-    tok.save_pretrained(root / "llm")
-    torch.manual_seed(0)
-    StickerCLIP(named_config("tiny")).save(root / "clip")
+    save_tiny_llm_and_clip(root)
     return root
 
 

@@ -46,3 +46,14 @@ def tiny_llm(family: str = "gemma", seed: int = 0):
     model = AutoModelForCausalLM.from_config(cfg).eval()
     model.requires_grad_(False)
     return model, bert_tokenizer()
+
+
+def save_tiny_llm_and_clip(root) -> None:
+    """A tiny Gemma-shaped LLM (root/llm) and a tiny StickerCLIP (root/clip) saved for training scripts."""
+    from stickerclip.model import StickerCLIP, named_config
+
+    llm, tok = tiny_llm("gemma")
+    llm.save_pretrained(root / "llm")
+    tok.save_pretrained(root / "llm")
+    torch.manual_seed(0)
+    StickerCLIP(named_config("tiny")).save(root / "clip")

@@ -176,7 +176,9 @@ def main(argv=None) -> dict:
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    resume_dir = out / "checkpoint"
+    resume_dir, old_dir = out / "checkpoint", out / "checkpoint.old"
+    if args.resume and not (resume_dir / "trainer_state.pt").is_file() and (old_dir / "trainer_state.pt").is_file():
+        os.replace(old_dir, resume_dir)  # killed between save_checkpoint's two renames: the last one is .old
     resuming = args.resume and (resume_dir / "trainer_state.pt").is_file()
     model = load_model(str(resume_dir) if resuming else args.init, arch=args.arch, llm=args.llm)
     llm_tower = model.config.text_kind == "llm"
@@ -224,16 +226,18 @@ def main(argv=None) -> dict:
         acc.wait_for_everyone()
         if not acc.is_main_process:
             return
+        import shutil
+
         tmp = out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)  # a kill's leftovers (here and in .old) never mix in
         raw.save(tmp)
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng,
                     "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
         if resume_dir.exists():
-            os.replace(resume_dir, out / "checkpoint.old")
+            shutil.rmtree(old_dir, ignore_errors=True)
+            os.replace(resume_dir, old_dir)
         os.replace(tmp, resume_dir)
-        import shutil
-
-        shutil.rmtree(out / "checkpoint.old", ignore_errors=True)
+        shutil.rmtree(old_dir, ignore_errors=True)
 
     micro = args.batch_size
     order: list[int] = []

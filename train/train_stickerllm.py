@@ -338,9 +338,18 @@ def refit_out(model, rng, records, index_of, feats, general, n: int, general_p: 
 def save_state(out: Path, model, opt, sched, step: int, rng) -> None:
     model.save(out)
     tmp = out / f".trainer_state.pt.{os.getpid()}"
+    # the adapter again, so that a kill between the two files cannot pair weights and optimizer of two steps
     torch.save({"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}, tmp)
+                "rng": rng.getstate(), "torch_rng": torch.get_rng_state(), "adapter": model.adapter_state()}, tmp)
     os.replace(tmp, out / "trainer_state.pt")
+
+
+def _logged_step(line: str) -> float:
+    """The step of a train_log.jsonl row; inf for a row cut short by a kill."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def main(argv=None) -> dict:
@@ -406,6 +415,8 @@ def main(argv=None) -> dict:
             log("the optimizer starts afresh: the adapter gained output rows")
         else:
             opt.load_state_dict(st["optimizer"])
+            if "adapter" in st:
+                model.load_adapter(st["adapter"], where=str(state_path))
         sched.load_state_dict(st["scheduler"])
         rng.setstate(st["rng"])
         torch.set_rng_state(st["torch_rng"])
@@ -415,6 +426,11 @@ def main(argv=None) -> dict:
     log_path = out / "train_log.jsonl"
     if start == 0 and log_path.exists():
         log_path.unlink()
+    elif log_path.exists():  # rows logged after the checkpoint (then killed) are logged again
+        tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}")
+        kept = [line for line in log_path.read_text().splitlines() if _logged_step(line) <= start]
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, log_path)
     model.train()
     t0, seen = time.time(), 0
     result = {}

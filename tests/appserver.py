@@ -1,0 +1,40 @@
+"""The tiny app of tests/appworld.py served by a process of its own, for the fault tests and the load
+bench (bench/bench_app_load.py): it can be killed with SIGKILL and started again on the same root.
+
+    python -m tests.appserver ROOT --port P [--delay S] [--max-queue N]
+
+ROOT holds the generated gallery, the library (ROOT/library) and the cache (ROOT/cache); a restart
+on the same ROOT opens the same library. Prints "ready URL" once it serves.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("root")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds per generated token")
+    ap.add_argument("--max-queue", type=int, default=64)
+    args = ap.parse_args(argv)
+    root = Path(args.root)
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["STICKER_CHAT_CACHE"] = str(root / "cache")
+    for name, value in [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")]:
+        os.environ.setdefault(name, value)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import app
+    from tests.appworld import make_service
+
+    service = make_service(root, delay=args.delay)
+    demo = app.launch(service, port=args.port, max_queue=args.max_queue, block=False, quiet=True)
+    print(f"ready http://127.0.0.1:{args.port}/ {len(service.library)} stickers in the library", flush=True)
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()

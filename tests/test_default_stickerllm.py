@@ -1,0 +1,44 @@
+"""The shipped default StickerLLM adapter: small, names the embedded LLM and the shipped StickerCLIP,
+and the eval command reproduces the quick evaluation published beside it (`eval_quick.json`, the
+arguments and the result of a small run of `python -m train.eval_stickerllm` on the open corpus).
+The full evaluation is `eval_test.json` (see MODEL_CARD.md)."""
+import json
+from pathlib import Path
+
+from stickerclip.llm import EMBEDDED_LLM
+from stickerllm.model import load
+from train import eval_stickerllm
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "assets" / "stickerllm"
+
+
+def test_default_adapter_is_small_and_names_its_models():
+    size = sum(p.stat().st_size for p in DEFAULT.rglob("*") if p.is_file())
+    assert size < 4 * 1024 * 1024
+    cfg = json.loads((DEFAULT / "config.json").read_text())
+    assert cfg["llm"] == EMBEDDED_LLM and cfg["clip"] == "../stickerclip"
+    card = (DEFAULT / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "python -m train.train_stickerllm" in card and "python -m train.eval_stickerllm" in card
+    full = json.loads((DEFAULT / "eval_test.json").read_text(encoding="utf-8"))
+    assert set(full["tool_selection"]) == set("abcde") and "t2i_mr_ratio" in full["retrieval"]
+
+
+def test_default_adapter_loads_offline_and_shares_the_llm_with_stickerclip():
+    m = load(DEFAULT)
+    assert m.clip.source.endswith("stickerclip") and m.clip.text.llm is m.llm
+    assert m.tok_out is not None  # <ret> has an output row of its own (Gemma ties its head)
+
+
+def test_eval_reproduces_the_published_quick_eval(open_corpus):
+    published = json.loads((DEFAULT / "eval_quick.json").read_text(encoding="utf-8"))
+    args = [a.replace("{corpus}", str(open_corpus)).replace("{model}", str(DEFAULT)) for a in published["args"]]
+    got = eval_stickerllm.main(args)
+    want = published["result"]
+    for k, row in want["tool_selection"].items():
+        n = row["n"]
+        assert abs(got["tool_selection"][k]["accuracy"] - row["accuracy"]) <= 100.0 / n + 1e-6, k  # one prompt
+    assert abs(got["general_unchanged"]["identical"] - want["general_unchanged"]["identical"]) <= 100.0 / \
+        want["general_unchanged"]["n"] + 1e-6
+    for part in ("t2i", "i2i", "stickerclip_t2i"):
+        assert abs(got["retrieval"][part]["MR"] - want["retrieval"][part]["MR"]) <= 1.0, part
