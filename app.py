@@ -106,7 +106,7 @@ def build(service, local_folders: bool = True):
                             beta = gr.Slider(0, 1, value=0.3, step=0.05, label="β 表情文字权重 weight of sticker text")
                             temperature = gr.Slider(0, 1.5, value=0.7, step=0.05, label="temperature (0 = greedy)")
                             top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="top-p")
-                            max_tokens = gr.Slider(8, 512, value=128, step=8, label="最大长度 max new tokens")
+                            max_tokens = gr.Slider(8, 512, value=64, step=8, label="最大长度 max new tokens")
                             safe = gr.Checkbox(value=True, label="安全模式 safe mode (hide harmful stickers)")
                         side = gr.Gallery(label="本轮表情 Stickers in the last reply", columns=4, height=260,
                                           buttons=["download"], elem_id="side-gallery")

@@ -129,7 +129,9 @@ class StickerService:
         self.chatter = None
         self._search_ready = threading.Event()
         self._chat_ready = threading.Event()
-        self._state = {"search": "loading", "chat": "loading" if self.options.chat else "off"}
+        self._state = {"search": "loading StickerCLIP and the gallery (the first run converts the LLM and "
+                                 "indexes the gallery once: about two minutes)",
+                       "chat": "loading" if self.options.chat else "off"}
         self._index_lock = threading.Lock()
         self._roots: list[Path] = []
         self._root_listeners: list[Callable[[str], None]] = []
@@ -174,6 +176,8 @@ class StickerService:
         from stickerclip.model import load_model
 
         device = self._device()
+        self.log(f"loading the models on {device} (the page is served meanwhile); the first run converts "
+                 "the embedded LLM and indexes the gallery once, about two minutes")
         try:
             t0 = time.time()
             if self.clip is None:
@@ -220,7 +224,7 @@ class StickerService:
                 raise FileNotFoundError(f"no StickerLLM adapter in {adapter} (train one: python -m "
                                         "train.train_stickerllm, or pass --adapter)")
             t0 = time.time()
-            self._state["chat"] = "loading the LLM (the first run converts and caches it: about a minute)"
+            self._state["chat"] = "loading the LLM and the StickerLLM adapter"
             self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device)
             self.chatter = StickerChat(self.model, self.indexes)
             self._state["chat"] = "ready"

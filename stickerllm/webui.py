@@ -162,7 +162,9 @@ def settings_from_json(value) -> ChatSettings:
 
 def sticker_gallery(views: list[dict]) -> gr.Gallery:
     """A gallery for a chat message."""
-    return gr.Gallery(value=gallery_items(views), columns=4, height="auto", label="表情 stickers", show_label=False,
+    rows = max(1, (len(views) + 3) // 4)
+    return gr.Gallery(value=gallery_items(views), columns=4, height=150 * min(rows, 3) + 20, label="表情 stickers",
+                      show_label=False,
                       allow_preview=True, buttons=["download"], object_fit="contain")
 
 
