@@ -37,3 +37,14 @@ def tiny(tiny_dir):
     from stickerclip.model import load_model
 
     return load_model(str(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """A StickerService over the tiny app world (tests/appworld.py), its caches in a tmp folder."""
+    from tests.appworld import make_service
+
+    root = tmp_path_factory.mktemp("app")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STICKER_CHAT_CACHE", str(root / "cache"))
+        yield make_service(root)

@@ -14,17 +14,9 @@ import pytest
 from stickerllm import webui
 from stickerllm.chat import ChatSettings
 from stickerllm.service import ChatSession, NotReady, ServiceOptions, StickerService
-from tests.appworld import COLOURS, HARMFUL, free_port, make_service, png
+from tests.appworld import COLOURS, HARMFUL, free_port, png
 
 GREEDY = ChatSettings(temperature=0, max_new_tokens=6, top_k=3)
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STICKER_CHAT_CACHE", str(root / "cache"))
-        yield make_service(root)
 
 
 # ---------------------------------------------------------------------------------- search

@@ -27,7 +27,6 @@ from stickerllm.prompt import PromptBuilder, valid_text
 from stickerllm.service import ChatSession
 from stickerllm.tokens import IMG, END_IMG, PRET, add_special_tokens
 from tests import hostile
-from tests.appworld import make_service
 
 KINDS = hostile.corpus(0)
 BY_NAME = {k.name: k for k in KINDS}
@@ -74,14 +73,6 @@ def denied(monkeypatch):
 def clip():
     torch.manual_seed(0)
     return load_model("tiny")
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile-app")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("STICKER_CHAT_CACHE", str(root / "cache"))
-        yield make_service(root)
 
 
 def _make(kind, folder: Path) -> Path:
