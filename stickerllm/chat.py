@@ -342,14 +342,16 @@ def chat_stream(model: StickerLLM, message: str, images=(), history=(), settings
 
 @torch.inference_mode()
 def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_tokens: int, stop_ids,
-                 force_ret: bool = False) -> list[dict]:
+                 force_ret: bool = False, allow_ret: bool = True, on_step=None) -> list[dict]:
     """Greedy replies to several prompts at once (left-padded, one KV cache), up to the first `<ret>`.
 
     `feats[i]`: (n_i, d) image features of prompt i or None. Returns per prompt {"tokens": ordinary
     tokens before `<ret>` or the turn end, "ret": whether the model emitted `<ret>`, "query": the
     `<ret>` query (d,) or None}. With `force_ret`, a reply that ends without `<ret>` gets one appended
-    and its query is returned (ret stays False). For evaluation: batched decoding is much faster on
-    a CPU, where each step reads the whole LM head."""
+    and its query is returned (ret stays False). With `allow_ret` False, `<ret>` is banned: the
+    frozen LLM's own reply. `on_step(rows, hidden, logits)` sees, at every step, the prompts still
+    choosing a token (rows: their indices), their final hidden states and logits. For evaluation:
+    batched decoding is much faster on a CPU, where each step reads the whole LM head."""
     m = model
     dev = m.device
     B = len(encs)
@@ -381,7 +383,14 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
     res = [{"tokens": [], "ret": False, "query": None} for _ in range(B)]
     done, pending, made = [False] * B, [False] * B, [0] * B
     while True:
-        tok = m.logits(h).argmax(-1).tolist()
+        logits = m.logits(h)
+        if not allow_ret:
+            logits[:, m.specials.ret] = float("-inf")
+        if on_step is not None:
+            rows = [i for i in range(B) if not (done[i] or pending[i]) and made[i] < max_new_tokens]
+            if rows:
+                on_step(rows, h[rows], logits[rows])
+        tok = logits.argmax(-1).tolist()
         feed, kind = [m.builder.pad_id] * B, [-1] * B
         for i in range(B):
             if done[i]:

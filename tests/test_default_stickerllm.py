@@ -19,7 +19,7 @@ def test_default_adapter_is_small_and_names_its_models():
     cfg = json.loads((DEFAULT / "config.json").read_text())
     assert cfg["llm"] == EMBEDDED_LLM and cfg["clip"] == "../stickerclip"
     card = (DEFAULT / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert "python -m train.train_stickerllm" in card and "python -m train.eval_stickerllm" in card
+    assert all(f"python -m train.{s}" in card for s in ("train_stickerllm", "refit_decision", "eval_stickerllm"))
     full = json.loads((DEFAULT / "eval_test.json").read_text(encoding="utf-8"))
     assert set(full["tool_selection"]) == set("abcde") and "t2i_mr_ratio" in full["retrieval"]
 

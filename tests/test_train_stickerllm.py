@@ -51,6 +51,12 @@ def test_instruction_mix_templates_and_general_split(setup):
     assert len(train) + len(held) == len(general) and not {g["id"] for g in train} & {g["id"] for g in held}
     bad = ("表情", "sticker", "emoji", "图片")
     assert not [g for g in general if any(b in g["instruction"].lower() for b in bad)]
+    from train.refit_decision import EXTRA
+    extra = build_instructions.general_instructions(EXTRA)  # training-only negatives of stage 3
+    assert len(extra) == 480 and {g["lang"] for g in extra} == {"zh", "en"}
+    assert not {g["instruction"] for g in extra} & {g["instruction"] for g in general}
+    assert not {g["id"] for g in extra} & {g["id"] for g in general}
+    assert not [g for g in extra if any(b in g["instruction"].lower() for b in bad)]
 
 
 def test_train_resume_and_eval(setup, tmp_path, monkeypatch, capsys):
@@ -90,3 +96,65 @@ def test_train_resume_and_eval(setup, tmp_path, monkeypatch, capsys):
     assert all(0 <= v["accuracy"] <= 100 for v in result["tool_selection"].values())
     assert result["retrieval"]["n"] == 8 and set(result["retrieval"]["t2i"]) == {"R@1", "R@5", "R@10", "MR"}
     assert 0 <= result["general_unchanged"]["identical"] <= result["tool_selection"]["a"]["accuracy"]
+
+
+def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, capsys):
+    """Stage 3: `<ret>`'s output row is fit to the greedy decision, and the margins it reports are
+    the decisions that decoding really makes (first token of retrieval prompts; any position of
+    the frozen LLM's reply to general ones)."""
+    import random
+
+    import torch
+
+    from stickerclip.data import read_jsonl
+    from stickerllm import model as sllm
+    from stickerllm.chat import greedy_batch
+    from train import refit_decision
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    sllm.create(str(setup / "llm"), str(setup / "clip"), device="cpu", output_rows=True).save(tmp_path / "a")
+    extra = tmp_path / "extra.jsonl"
+    lines = [{"id": f"x{i}", "lang": "en", "instruction": f"What is {i} times {i + 3}?"} for i in range(12)]
+    extra.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    args = ["--model", str(tmp_path / "a"), "--data", str(setup), "--out", str(tmp_path / "b"), "--extra",
+            str(extra), "--positives", "40", "--tokens", "4", "--steps", "300", "--lr", "0.05", "--device", "cpu"]
+    res = refit_decision.main(args)
+    before, after = res["before"]["fit"], res["after"]["fit"]
+    assert res["positives"] == 40 and res["general"] == 120 + 12
+    assert after["positives"] + after["negatives"] > before["positives"] + before["negatives"]
+    assert after["positives"] >= 80 and after["negatives"] >= 80  # from 0 and 100
+    cfg = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert cfg["extra"]["refit_decision"]["after"] == res["after"]
+    capsys.readouterr()
+    again = refit_decision.main(args[:5] + [str(tmp_path / "c")] + args[6:])  # states come from the cache
+    assert again["after"] == res["after"] and capsys.readouterr().err.count("states from") == 2
+
+    model = sllm.load(tmp_path / "b", device="cpu")
+    records = list(read_jsonl(setup / "train.jsonl"))
+    by_id = {r.id: r for r in records}
+    pos = refit_decision.prompts_for(records, 12, random.Random(5))
+    neg = [(g["instruction"], [], False) for g in refit_decision.general_rows(str(extra))[:12]]
+    cap = getattr(model.llm.config.get_text_config(), "final_logit_softcapping", None)
+    row = model.tok_out[refit_decision.RET].detach().float()
+    for prompts, tokens in ((pos, 1), (neg, 4)):
+        states = refit_decision.decision_states(model, prompts, by_id, tokens, 8)
+        m = refit_decision.Margins(states, states, cap)
+        predicted = (m.pos(row) > 0).tolist() if tokens == 1 else (m.neg(row).max(-1).values > 0).tolist()
+        encs = [model.builder.encode([{"role": "user", "content": t, "images": len(ims)}], pret=p)
+                for t, ims, p in prompts]
+        feats = [model.encode_images([by_id[i] for i in ims]) if ims else None for _, ims, _ in prompts]
+        real = [r["ret"] for r in greedy_batch(model, encs, feats, tokens, model.builder.format.stop_ids)]
+        assert predicted == real
+    with torch.no_grad():  # general replies with <ret> banned are the frozen LLM's own
+        enc = model.builder.encode([{"role": "user", "content": neg[0][0]}])
+        ids = torch.tensor([enc.ids])
+        plain = model.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                   min_new_tokens=4, do_sample=False, pad_token_id=model.builder.pad_id)
+    mine = greedy_batch(model, [enc], [None], 4, stop_ids=(), allow_ret=False)[0]["tokens"]
+    assert mine == plain[0, len(enc.ids):].tolist()
+
+    clash = tmp_path / "clash.jsonl"
+    held = build_instructions.general_instructions(part="eval")[0]
+    clash.write_text(json.dumps(held, ensure_ascii=False) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="clash.jsonl: instructions of the evaluation part"):
+        refit_decision.main(args[:7] + [str(clash)] + args[8:])
