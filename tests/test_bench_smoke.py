@@ -65,3 +65,14 @@ def test_app_load_bench_smoke(tmp_path, monkeypatch, capsys):
     assert shed["shed"] + shed["completed"] == 16 and shed["other_errors"] == {}
     assert shed["answers_after"] == {"search": True, "chat": True}
     assert json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]) == res
+
+
+def test_ret_layer_probe_runs_small(open_corpus, capsys):
+    """bench.probe_ret_layers on the default adapter, a few stickers: one probe per layer asked for
+    plus the last, each with a ratio to StickerCLIP."""
+    from bench import probe_ret_layers
+
+    res = probe_ret_layers.main(["--data", str(open_corpus), "--n-train", "40", "--n-test", "24", "--layers", "3"])
+    assert sorted(res["probes"]) == [3, 18] and res["n_test"] == 24
+    assert all(0 < p["test_mr"] <= 100 and p["ratio"] > 0 for p in res["probes"].values())
+    assert 0 < res["stickerclip_t2i_mr"] <= 100 and "| 18 (last) |" in capsys.readouterr().out

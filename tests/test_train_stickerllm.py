@@ -153,6 +153,19 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
     mine = greedy_batch(model, [enc], [None], 4, stop_ids=(), allow_ret=False)[0]["tokens"]
     assert mine == plain[0, len(enc.ids):].tolist()
 
+    # --skip-row --refit-wt: only W_t changes, fit on states at a first-position <ret>
+    d = refit_decision.main(["--model", str(tmp_path / "b")] + args[2:5] + [str(tmp_path / "d")] + args[6:] +
+                            ["--skip-row", "--refit-wt", "30"])
+    fit = d["refit_w_t"]
+    assert fit["examples"] == 30 and f"{fit['penalty']:g}" in fit["held_out_mr_by_penalty"]
+    refit_model = sllm.load(tmp_path / "d", device="cpu")
+    assert torch.equal(refit_model.tok_out, model.tok_out) and not torch.equal(refit_model.w_t.weight, model.w_t.weight)
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["extra"]["refit_w_t_first_ret"] == fit
+    enc = refit_model.builder.encode([{"role": "user", "content": pos[0][0], "images": 0}], pret=True)
+    r = greedy_batch(refit_model, [enc], [None], 0, refit_model.builder.format.stop_ids, force_ret=True)[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(r["query"]), refit_model.query(r["state"][None])[0], atol=1e-5)
+
     clash = tmp_path / "clash.jsonl"
     held = build_instructions.general_instructions(part="eval")[0]
     clash.write_text(json.dumps(held, ensure_ascii=False) + "\n", encoding="utf-8")
