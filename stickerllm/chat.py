@@ -347,9 +347,9 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
 
     `feats[i]`: (n_i, d) image features of prompt i or None. Returns per prompt {"tokens": ordinary
     tokens before `<ret>` or the turn end, "ret": whether the model emitted `<ret>`, "query": the
-    `<ret>` query (d,) or None, and "state": the final hidden state at `<ret>` it came from}. With `force_ret`, a reply that ends without `<ret>` gets one appended
-    and its query is returned (ret stays False). With `allow_ret` False, `<ret>` is banned: the
-    frozen LLM's own reply. `on_step(rows, hidden, logits)` sees, at every step, the prompts still
+    `<ret>` query (d,) or None, and "state": the final hidden state at `<ret>` it came from}. With
+    `force_ret`, a reply that ends without `<ret>` gets one appended and its query is returned (ret
+    stays False). With `allow_ret` False, `<ret>` is banned: the frozen LLM's own reply. `on_step(rows, hidden, logits)` sees, at every step, the prompts still
     choosing a token (rows: their indices), their final hidden states and logits. For evaluation:
     batched decoding is much faster on a CPU, where each step reads the whole LM head."""
     m = model
