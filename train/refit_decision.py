@@ -40,6 +40,7 @@ from stickerclip.llm import cache_dir
 from stickerllm.tokens import RET
 from train.build_instructions import GENERAL, draw_kind, general_instructions, make
 from train.eval_stickerclip import usable
+from train.eval_stickerllm import _prompts
 
 EXTRA = GENERAL.with_name("general_train_extra.jsonl")
 
@@ -107,9 +108,7 @@ def _decision_states(model, prompts, by_id: dict, tokens: int, batch_size: int):
         if start and start % (batch_size * 10) == 0:
             log(f"  {start}/{len(prompts)} prompts, {time.time() - t0:.0f}s")
         chunk = prompts[start:start + batch_size]
-        encs = [model.builder.encode([{"role": "user", "content": t, "images": len(ims)}], pret=p)
-                for t, ims, p in chunk]
-        feats = [model.encode_images([by_id[i] for i in ims]) if ims else None for _, ims, _ in chunk]
+        encs, feats = _prompts(model, chunk, by_id)
         hs, mx = [[] for _ in chunk], [[] for _ in chunk]
 
         def seen(rows, h, logits, hs=hs, mx=mx):
@@ -244,10 +243,7 @@ def first_ret_states(model, prompts, by_id: dict, batch_size: int) -> torch.Tens
 
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        encs = [model.builder.encode([{"role": "user", "content": t, "images": len(ims)}], pret=p)
-                for t, ims, p in chunk]
-        feats = [model.encode_images([by_id[i] for i in ims]) if ims else None for _, ims, _ in chunk]
+        encs, feats = _prompts(model, prompts[start:start + batch_size], by_id)
         res = greedy_batch(model, encs, feats, max_new_tokens=0, stop_ids=model.builder.format.stop_ids,
                            force_ret=True)
         out += [r["state"] for r in res]
