@@ -18,7 +18,7 @@ import time
 import torch
 
 from stickerclip.model import StickerCLIP, named_config
-from train.train_stickerclip import clip_loss
+from stickerclip.loss import clip_loss
 
 
 def _sync(device):

@@ -48,6 +48,8 @@ class StickerRecord:
     ocr: str = ""
     source: str = ""
     license: str = ""
+    concept: str = ""  # what the sticker shows, shared by its every rendering (e.g. an emoji key)
+    art: str = ""  # art style / artist set it is drawn in (e.g. "twemoji")
 
     def __post_init__(self):
         self.emotions, _ = labels.parse_emotions(self.emotions, strict=True)
@@ -119,7 +121,7 @@ def _record_from_dict(obj: dict, base: Path, where: str) -> StickerRecord:
     for key in ("id", "image"):
         if not isinstance(obj.get(key), str) or not obj[key]:
             raise RecordError(f"{where}: field '{key}' must be a non-empty string")
-    for key in ("description", "style", "ocr", "source", "license"):
+    for key in ("description", "style", "ocr", "source", "license", "concept", "art"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             raise RecordError(f"{where}: field '{key}' must be a string")
     emotions = obj.get("emotions") or []
@@ -133,6 +135,7 @@ def _record_from_dict(obj: dict, base: Path, where: str) -> StickerRecord:
             id=obj["id"], image=image, description=obj.get("description") or "",
             emotions=emotions, style=obj.get("style") or "", ocr=obj.get("ocr") or "",
             source=obj.get("source") or "", license=obj.get("license") or "",
+            concept=obj.get("concept") or "", art=obj.get("art") or "",
         )
     except labels.UnknownLabelError as exc:
         field_name = "emotions" if "emotion" in str(exc) else "style"

@@ -40,3 +40,23 @@ def retrieval_metrics(image_feats: np.ndarray, text_feats: np.ndarray, block: in
         "i2t": recall_from_ranks(paired_ranks(image_feats, text_feats, block)),
         "n": int(len(image_feats)),
     }
+
+
+def first_relevant_ranks(queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """0-based rank of the best-placed relevant gallery item for each query.
+
+    queries (Q, D), gallery (G, D), both L2-normalised; relevant (Q, G) bool: which gallery items
+    answer each query (a concept drawn in several styles, every sticker carrying a keyword). A query
+    with no relevant item gets rank G (a miss at every K)."""
+    sims = np.asarray(queries, np.float32) @ np.asarray(gallery, np.float32).T  # (Q, G)
+    best = np.where(relevant, sims, -np.inf).max(axis=1)  # (Q,)
+    ranks = (sims > best[:, None]).sum(1)
+    ranks[~relevant.any(axis=1)] = sims.shape[1]
+    return ranks
+
+
+def precision_at(queries: np.ndarray, gallery: np.ndarray, relevant: np.ndarray, k: int = 8) -> float:
+    """Mean share (percent) of each query's top k gallery items that are relevant."""
+    sims = np.asarray(queries, np.float32) @ np.asarray(gallery, np.float32).T  # (Q, G)
+    top = np.argsort(-sims, axis=1)[:, :k]  # (Q, k)
+    return round(float(np.take_along_axis(relevant, top, axis=1).mean() * 100.0), 2)

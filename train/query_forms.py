@@ -1,0 +1,181 @@
+"""The words people type for a sticker, by form: one home for training views and evaluation queries.
+
+Forms: description (the corpus caption, and the paper's joined fields), name (CLDR zh name, e.g.
+猫脸), keyword (CLDR zh keywords: 哭, 泪, 伤心), english (CLDR en name and keywords), emotion (the
+paper's emotion words and their aliases), ocr (the caption drawn on the sticker) and request (short
+colloquial requests built from the above: 来个哭的, send me a cat sticker). Evaluation requests use
+templates of their own (`EVAL_REQUESTS`), never trained on.
+"""
+from __future__ import annotations
+
+import random
+
+from stickerclip import labels
+from stickerclip.data import StickerRecord, build_text
+
+FORMS = ("description", "name", "keyword", "english", "emotion", "ocr", "request")
+# how often training draws each form (renormalised over the forms a record has)
+FORM_WEIGHTS = {"description": 0.2, "name": 0.15, "keyword": 0.2, "english": 0.15, "emotion": 0.1, "ocr": 0.1,
+                "request": 0.1}
+TRAIN_REQUESTS_ZH = ["来个{}的表情", "{}的表情包", "发个{}", "有没有{}的贴纸", "{}", "要一个{}的"]
+TRAIN_REQUESTS_EN = ["send me a {} sticker", "{} emoji", "a {} sticker please", "{}"]
+EVAL_REQUESTS_ZH = ["给我找个{}的图", "求一张{}"]
+EVAL_REQUESTS_EN = ["find me a {} one", "got any {} stickers?"]
+MAX_SHARED = 25  # keywords shared by more concepts than this (脸, 手, 人) are too vague to train on
+
+
+def emotion_words(keys: list[str]) -> list[str]:
+    """Chinese emotion words (names and aliases) of the paper's emotion keys, "other" excluded."""
+    out = []
+    for k in keys:
+        if k == "other":
+            continue
+        lab = labels.emotion(k)
+        out += [lab.zh, *lab.aliases]
+    return list(dict.fromkeys(out))
+
+
+def vague_keywords(concepts: dict[str, dict], limit: int = MAX_SHARED) -> set[str]:
+    """Keywords (zh and en) that more than `limit` of these concepts carry."""
+    counts: dict[str, int] = {}
+    for c in concepts.values():
+        for w in set(c.get("keywords_zh", []) + c.get("keywords_en", [])):
+            counts[w] = counts.get(w, 0) + 1
+    return {w for w, n in counts.items() if n > limit}
+
+
+def concept_forms(c: dict, vague: set[str] = frozenset(), eval_requests: bool = False) -> dict[str, list[str]]:
+    """form -> texts for one concept of concepts.json (no record-specific forms)."""
+    kz = [k for k in c.get("keywords_zh", []) if k not in vague and k != c["name_zh"]]
+    ke = [k for k in c.get("keywords_en", []) if k not in vague]
+    emo = emotion_words(c.get("emotions", []))
+    zh_t, en_t = (EVAL_REQUESTS_ZH, EVAL_REQUESTS_EN) if eval_requests else (TRAIN_REQUESTS_ZH, TRAIN_REQUESTS_EN)
+    subjects_zh = [c["name_zh"], *kz[:4]]
+    subjects_en = [c["name_en"], *ke[:3]]
+    req = [t.format(w) for t in zh_t for w in subjects_zh] + [t.format(w) for t in en_t for w in subjects_en]
+    forms = {"name": [c["name_zh"]], "keyword": kz, "english": [c["name_en"], *ke], "emotion": emo,
+             "request": list(dict.fromkeys(r for r in req if r not in (c["name_zh"], c["name_en"])))}
+    return {k: v for k, v in forms.items() if v}
+
+
+def record_forms(rec: StickerRecord, c: dict | None, vague: set[str] = frozenset()) -> dict[str, list[str]]:
+    """form -> texts for one sticker: its concept's forms plus its description and caption."""
+    forms = concept_forms(c, vague) if c else {}
+    forms["description"] = list(dict.fromkeys([rec.description, build_text(rec)]))
+    if rec.ocr:
+        forms["ocr"] = [rec.ocr]
+    return {k: v for k, v in forms.items() if v}
+
+
+def draw(forms: dict[str, list[str]], rng: random.Random) -> str:
+    """One training text: a form by FORM_WEIGHTS, then a text of it uniformly."""
+    names = list(forms)
+    form = rng.choices(names, weights=[FORM_WEIGHTS.get(n, 0.1) for n in names])[0]
+    return rng.choice(forms[form])
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def pixel_features(records, size: int = 16):
+    """The pixel baseline: first frame on white, size x size RGB, mean-centred, L2-normalised -> (N, 3·size²)."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for r in records:
+        f = r.load().frames[0].convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+        rows.append(np.asarray(f, np.float32).ravel() / 255.0)
+    x = np.stack(rows)
+    x -= x.mean(axis=1, keepdims=True)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)
+
+
+def is_static(rec: StickerRecord) -> bool:
+    """A plain rendering (no caption, disc or animation): its id is '<concept>@<style>'."""
+    return rec.id == f"{rec.concept}@{rec.art}"
+
+
+def text_queries(records, concepts: dict[str, dict], vague: set[str]) -> dict[str, list[tuple[str, set[str]]]]:
+    """form -> [(query, relevant record ids)] over `records` (one split, every style)."""
+    import collections
+
+    by_concept = collections.defaultdict(set)
+    for r in records:
+        by_concept[r.concept].add(r.id)
+    out: dict[str, list] = {f: [] for f in FORMS}
+    kw_rel: dict[str, set] = collections.defaultdict(set)
+    for key, ids in sorted(by_concept.items()):
+        c = concepts[key]
+        forms = concept_forms(c, vague, eval_requests=True)
+        out["name"].append((c["name_zh"], ids))
+        out["english"].append((c["name_en"], ids))
+        out["request"] += [(q, ids) for q in forms.get("request", [])[::3]]
+        desc = next((r.description for r in records if r.concept == key and is_static(r)), None)
+        if desc:
+            out["description"].append((desc, ids))
+        for k in forms.get("keyword", []):
+            kw_rel[k] |= ids
+    out["keyword"] = sorted(kw_rel.items())
+    for emo in labels.EMOTION_KEYS:
+        if emo == "other":
+            continue
+        ids = {r.id for r in records if emo in r.emotions}
+        if ids:
+            out["emotion"].append((labels.emotion(emo).zh, ids))
+    ocr = collections.defaultdict(set)
+    for r in records:
+        if r.ocr:
+            ocr[r.ocr].add(r.id)
+    out["ocr"] = sorted(ocr.items())
+    return {f: q for f, q in out.items() if q}
+
+
+def evaluate_forms(model, records, concepts: dict[str, dict], holdout: str = "", pixel_baseline: bool = True,
+                   image_feats=None) -> dict:
+    """Held-out retrieval by query form (text -> image, gallery = `records`) and across art styles
+    (image -> image from the `holdout` style's plain stickers to each other style's), in percent.
+
+    A hit at K when any relevant sticker is in the top K. Emotion queries also report P@8, the share of
+    the top 8 that carry the emotion."""
+    import numpy as np
+
+    from stickerclip.metrics import first_relevant_ranks, precision_at, recall_from_ranks
+
+    vague = vague_keywords(concepts)
+    img = model.encode_images(records) if image_feats is None else image_feats
+    pos = {r.id: i for i, r in enumerate(records)}
+    result: dict = {"n_gallery": len(records), "t2i": {}}
+    for form, queries in text_queries(records, concepts, vague).items():
+        txt = model.encode_texts([q for q, _ in queries])
+        rel = np.zeros((len(queries), len(records)), bool)
+        for i, (_, ids) in enumerate(queries):
+            rel[i, [pos[x] for x in ids]] = True
+        row = {**recall_from_ranks(first_relevant_ranks(txt, img, rel)), "n": len(queries)}
+        if form == "emotion":
+            row["P@8"] = precision_at(txt, img, rel, 8)
+        result["t2i"][form] = row
+    if holdout:
+        result["i2i"] = cross_style(records, holdout, lambda recs: img[[pos[r.id] for r in recs]])
+        if pixel_baseline:
+            result["i2i_pixels16"] = cross_style(records, holdout, pixel_features)
+    return result
+
+
+def cross_style(records, holdout: str, features) -> dict:
+    """Image -> image MR from the held-out style's plain stickers to each other style's plain stickers."""
+    import numpy as np
+
+    from stickerclip.metrics import first_relevant_ranks, recall_from_ranks
+
+    static = [r for r in records if is_static(r)]
+    queries = [r for r in static if r.art == holdout]
+    out = {}
+    for style in sorted({r.art for r in static} - {holdout}):
+        gallery = [r for r in static if r.art == style]
+        gal_concepts = np.array([r.concept for r in gallery])
+        qs = [q for q in queries if q.concept in set(gal_concepts)]
+        if not qs:
+            continue
+        rel = np.array([gal_concepts == q.concept for q in qs])  # (Q, G)
+        out[style] = {**recall_from_ranks(first_relevant_ranks(features(qs), features(gallery), rel)), "n": len(qs),
+                      "gallery": len(gallery)}
+    return out

@@ -1,0 +1,216 @@
+"""Train the default StickerCLIP on 2 CPU cores: pretrained EfficientNet-Lite + frozen-LLM text tower,
+many art styles, the words people type, sticker-looking augmentations.
+
+    python -m train.train_stickerclip_views --data MULTISTYLE_DIR --out OUT [--init default]
+        [--tune-from 14 | --mode freeze-vision] [--views 6] [--steps 1500] [--batch-size 256]
+        [--lr 1e-3] [--lr-vision 1e-4] [--cache DIR] [--eval-every 250]
+
+Stage 1 caches, for every training sticker, `--views` pictures (the clean one and sticker-looking
+augmentations, `stickerclip.augment`) through the frozen bottom of the image tower (blocks below
+`--tune-from`), and the frozen LLM's pooled state of every text view (`train.query_forms`). Stage 2
+trains the image tower's top blocks and head, both projections and the temperature with the
+multi-positive InfoNCE (`stickerclip.loss`): a text's positives are every sticker of the batch it
+fits. `--mode freeze-vision` trains only the projections (Table 1's freeze-vision row). The best
+validation step (mean MR of the name, keyword and English queries and cross-style image search on
+the valid split) is saved to OUT; OUT/log.jsonl is the log. `--data` is a corpus of
+`train.build_multistyle` (train/valid.jsonl, concepts.json).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stickerclip.augment import sticker_look
+from stickerclip.data import read_jsonl
+from stickerclip.loss import multi_positive_loss
+from stickerclip.model import load_model
+from stickerclip.runtime import keep_freed_memory
+from train import query_forms as qf
+from train.train_stickerclip import llm_states, param_groups
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="a train.build_multistyle corpus folder")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--init", default="default", help="named config or saved StickerCLIP (EfficientNet tower)")
+    ap.add_argument("--llm", default=None, help="text LLM override (a name) for the LLM text tower")
+    ap.add_argument("--mode", choices=["tune", "freeze-vision"], default="tune")
+    ap.add_argument("--tune-from", type=int, default=14, help="first trained EfficientNet block (tune mode)")
+    ap.add_argument("--views", type=int, default=6, help="cached pictures per training sticker (1 clean)")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3, help="projections and temperature")
+    ap.add_argument("--lr-vision", type=float, default=1e-4, help="trained image blocks")
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--cache", default=None, help="folder for the cached views and text states")
+    ap.add_argument("--limit", type=int, default=0, help="use only the first N training stickers")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true")
+    return ap.parse_args(argv)
+
+
+@torch.inference_mode()
+def cache_views(model, records, views: int, stop: int | None, seed: int, log) -> tuple[np.ndarray, np.ndarray]:
+    """(N·views, C, h, w) float16 maps at block `stop` (or (N·views, 1280) pooled features when `stop` is
+    None) and the record index of each row. View 0 of a sticker is clean, the others augmented."""
+    model.eval()
+    rows, owner, batch, batch_owner = [], [], [], []
+
+    def flush():
+        x = torch.stack(batch)
+        h = model.vision(x) if stop is None else model.image_trunk(x, stop)
+        rows.append(h.to(torch.float16).numpy())
+        owner.extend(batch_owner)
+        batch.clear()
+        batch_owner.clear()
+
+    t0 = time.time()
+    for i, r in enumerate(records):
+        rng = random.Random(f"{seed}:{r.id}")
+        frames = r.load().frames
+        s = model.config.image_size
+        for v in range(views):
+            f = rng.choice(frames).convert("RGB").resize((s, s), 3)
+            if v:
+                f = sticker_look(f, rng, p=0.6, caption=not r.ocr)
+            batch.append(model.preprocess(f))
+            batch_owner.append(i)
+        if len(batch) >= 16:
+            flush()
+        if i % 500 == 0:
+            log(f"views: {i}/{len(records)} stickers, {time.time() - t0:.0f}s")
+    if batch:
+        flush()
+    return np.concatenate(rows), np.asarray(owner)
+
+
+def validate(model, valid, concepts, holdout) -> dict:
+    res = qf.evaluate_forms(model, valid, concepts, holdout, pixel_baseline=False)
+    parts = [res["t2i"][f]["MR"] for f in ("name", "keyword", "english") if f in res["t2i"]]
+    parts += [v["MR"] for v in res.get("i2i", {}).values()]
+    res["score"] = round(float(np.mean(parts)), 2)
+    return res
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    keep_freed_memory()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache) if args.cache else out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+
+    def log(msg, **fields):
+        if not args.quiet:
+            print(msg if not fields else f"{msg} {json.dumps(fields, ensure_ascii=False)}", flush=True)
+        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"t": round(time.time(), 1), "msg": msg, **fields}, ensure_ascii=False) + "\n")
+
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    data = Path(args.data)
+    corpus = json.loads((data / "corpus.json").read_text(encoding="utf-8"))
+    concepts = json.loads((data / "concepts.json").read_text(encoding="utf-8"))
+    holdout = corpus.get("holdout", "")
+    train = [r for r in read_jsonl(data / "train.jsonl") if r.art != holdout]
+    valid = list(read_jsonl(data / "valid.jsonl"))
+    if args.limit:
+        train = train[: args.limit]
+    model = load_model(args.init, llm=args.llm)
+    if model.config.vision_kind != "efficientnet":
+        raise SystemExit(f"--init {args.init}: this recipe trains an EfficientNet image tower "
+                         f"(got {model.config.vision_kind}); use train.train_stickerclip")
+    freeze = args.mode == "freeze-vision"
+    start = None if freeze else args.tune_from
+    n_blocks = len(model.vision._blocks)
+    if start is not None and not 0 <= start <= n_blocks:
+        raise SystemExit(f"--tune-from {start}: the image tower has {n_blocks} blocks")
+    log(f"training on {len(train)} stickers ({len(concepts)} concepts), validating on {len(valid)}",
+        mode=args.mode, tune_from=start, holdout=holdout)
+
+    # ---- stage 1: cached image views and text states
+    train_concepts = {r.concept for r in train}
+    vague = qf.vague_keywords({k: v for k, v in concepts.items() if k in train_concepts})
+    forms = [qf.record_forms(r, concepts.get(r.concept), vague) for r in train]
+    viewsets = [frozenset(t for ts in f.values() for t in ts) for f in forms]
+    key = hashlib.sha256(json.dumps([model.identity(), [r.id for r in train], args.views, start, args.seed,
+                                     model.config.image_size]).encode()).hexdigest()[:16]
+    vpath = cache / f"views-{key}.npz"
+    if vpath.is_file():
+        with np.load(vpath) as z:
+            maps, owner = z["maps"], z["owner"]
+        log(f"views from {vpath}", rows=len(maps))
+    else:
+        maps, owner = cache_views(model, train, args.views, start, args.seed, log)
+        np.savez(vpath, maps=maps, owner=owner)
+    rows_of = [np.flatnonzero(owner == i) for i in range(len(train))]
+    texts = sorted(set().union(*viewsets))
+    states = llm_states(model, texts, str(cache / "text-states.npz"), log)
+
+    # ---- stage 2: contrastive training of the top of the image tower and the projections
+    model.requires_grad_(False)
+    trained = [model.visual_projection, model.text_projection]
+    if not freeze:
+        trained += [model.vision._blocks[start:], model.vision._conv_head, model.vision._bn1]
+    for m in trained:
+        m.requires_grad_(True)
+    model.logit_scale.requires_grad_(True)
+    vision_ids = {id(p) for m in trained[2:] for p in m.parameters()}
+    groups = []
+    for g in param_groups(model, args.weight_decay):
+        vis = [p for p in g["params"] if id(p) in vision_ids]
+        rest = [p for p in g["params"] if id(p) not in vision_ids]
+        groups += [{**g, "params": rest, "lr": args.lr}] + ([{**g, "params": vis, "lr": args.lr_vision}] if vis else [])
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    warm = max(1, args.steps // 20)
+    rng = random.Random(args.seed)
+    best = {"score": -1.0}
+    model.train()
+    t0 = time.time()
+    for step in range(1, args.steps + 1):
+        scale = min(1.0, step / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, step / args.steps)))
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * scale
+        idx = rng.sample(range(len(train)), min(args.batch_size, len(train)))
+        x = torch.from_numpy(maps[[rng.choice(rows_of[i]) for i in idx]].astype(np.float32))
+        batch_texts = [qf.draw(forms[i], rng) for i in idx]
+        h = torch.from_numpy(np.stack([states[t] for t in batch_texts]))  # (B, H)
+        positives = torch.tensor([[t in viewsets[j] for j in idx] for t in batch_texts])  # (B texts, B images)
+        img = model.visual_projection(x) if freeze else model.image_features_from_trunk(x, start)  # (B, D)
+        txt = model.text_projection(h)  # (B, D)
+        loss = multi_positive_loss(img, txt, model.logit_scale, positives)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 25 == 0 or step == args.steps:
+            log("step", step=step, loss=round(loss.item(), 4), lr=round(opt.param_groups[0]["lr"], 6),
+                temperature=round(1 / model.logit_scale.exp().item(), 4), seconds=round(time.time() - t0))
+        if valid and (step % args.eval_every == 0 or step == args.steps):
+            res = validate(model, valid, concepts, holdout)
+            model.train()
+            log("validation", step=step, score=res["score"], t2i={k: v["MR"] for k, v in res["t2i"].items()},
+                i2i={k: v["MR"] for k, v in res.get("i2i", {}).items()})
+            if res["score"] > best["score"]:
+                best = {"score": res["score"], "step": step}
+                best_state = copy.deepcopy(model.own_state_dict())
+    if valid:
+        model.load_state_dict(best_state, strict=False)
+    model.eval().save(out)
+    result = {"steps": args.steps, "loss": round(loss.item(), 4), "best": best, "mode": args.mode, "tune_from": start}
+    log("done", **result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
