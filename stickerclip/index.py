@@ -378,6 +378,46 @@ class StickerIndex:
         summary.seconds = time.time() - t0
         return summary
 
+    def carry_over(self, old: str | os.PathLike, progress=False) -> IndexSummary:
+        """Re-index, with this index's model, what the index in `old` (another model's) held: its
+        folders (those inside `old`, such as uploads, are copied here first) and the other files it
+        indexed. `old` is only read, so nothing is lost. The summary counts what was added and skipped."""
+        import shutil
+
+        old = Path(old).resolve()
+        conn = sqlite3.connect(f"file:{old / 'meta.sqlite'}?mode=ro", uri=True)
+        try:
+            folders = [r[0] for r in conn.execute("SELECT path FROM folders ORDER BY path")]
+            files = [r[0] for r in conn.execute("SELECT path FROM files ORDER BY path")]
+        finally:
+            conn.close()
+        total = IndexSummary()
+        inside = str(old) + os.sep
+        done_roots = []
+        for folder in folders:
+            src = Path(folder)
+            if folder.startswith(inside):
+                dst = Path(self.directory).resolve() / os.path.relpath(folder, old)
+                if src.is_dir():
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                src = dst
+            if not src.is_dir():
+                total.failed.append((folder, "folder no longer exists"))
+                continue
+            part = self.add_folder(src, progress=progress)
+            done_roots.append(folder + os.sep)
+            total.added += part.added
+            total.unchanged += part.unchanged
+            total.failed += part.failed
+        loose = [f for f in files if not any(f.startswith(r) for r in done_roots)]
+        records = [StickerRecord(id=Path(f).stem, image=f) for f in loose if os.path.isfile(f)]
+        total.failed += [(f, "file no longer exists") for f in loose if not os.path.isfile(f)]
+        if records:
+            part = self.add(records)
+            total.added += part.added
+            total.failed += part.failed
+        return total
+
     @_disk_full_is_clear
     def add(self, records: Iterable[StickerRecord], *, batch_size: int = 64,
             progress: Callable[[int, int], None] | bool | None = False, ocr: bool | None = None) -> IndexSummary:

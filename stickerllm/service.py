@@ -112,6 +112,15 @@ def hit_view(hit) -> dict:
             "animated": hit.animated, "caption": " · ".join(bits)}
 
 
+def _previous_library(root: Path) -> Path | None:
+    """The most recently used library of another StickerCLIP under `root` (the per-model library
+    folders of the user cache), or None."""
+    if not root.is_dir():
+        return None
+    olds = [d for d in root.iterdir() if (d / "meta.sqlite").is_file()]
+    return max(olds, key=lambda d: (d / "meta.sqlite").stat().st_mtime) if olds else None
+
+
 class StickerService:
     """Models, indexes and handlers for one app process. Thread-safe."""
 
@@ -187,7 +196,13 @@ class StickerService:
                 self._add_root(self.options.gallery)
             lib = Path(self.options.library).expanduser() if self.options.library else \
                 cache_dir() / "library" / self.clip.identity()
+            previous = None if self.options.library or lib.exists() else _previous_library(lib.parent)
             self.library = StickerIndex.open(lib, self.clip, ocr=self.options.ocr)
+            if previous is not None:
+                self.log(f"the sticker model changed: re-indexing your library from {previous} with it "
+                         f"(the old index is kept there)")
+                summary = self.library.carry_over(previous)
+                self.log(f"library re-indexed: {summary}")
             self._add_root(lib)
             for folder in self.library.folders():
                 self._add_root(folder)

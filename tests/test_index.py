@@ -338,3 +338,63 @@ def test_default_gallery_index_builds_once_and_keeps_stdout_clean(tmp_path, monk
     assert out.out == "" and "Indexing the sticker gallery" in out.err  # JSON on stdout stays parseable
     again = default_index(tiny, gallery=gallery)
     assert str(again.directory) == str(index.directory) and capsys.readouterr().err == ""
+
+
+def test_carry_over_reindexes_another_models_library(tmp_path, tiny):
+    """A new StickerCLIP gets its own library: carry_over re-indexes the old one's folders (uploads
+    inside it are copied) and loose files with the new model, and leaves the old index as it was."""
+    torch.manual_seed(7)
+    other = load_model("tiny")
+    outside = tmp_path / "mine"
+    make_folder(outside, 3)
+    old_dir = tmp_path / "old"
+    with StickerIndex.open(old_dir, other, ocr=False) as old:
+        old.add_folder(outside, progress=False)
+        make_folder(old_dir / "uploads" / "20260101", 2, start=10)
+        old.add_folder(old_dir / "uploads" / "20260101", progress=False)
+        loose = tmp_path / "loose.png"
+        loose.write_bytes(noise_png(50))
+        old.add([StickerRecord(id="loose", image=str(loose))])
+        old_ids = sorted(old.ids())
+    before = (old_dir / "meta.sqlite").read_bytes()
+    gone = outside / "s002.png"
+    gone.unlink()  # a file that vanished since is reported, not fatal
+    new_dir = tmp_path / "new"
+    with StickerIndex.open(new_dir, tiny, ocr=False) as new:
+        with pytest.raises(IndexModelMismatch):
+            StickerIndex.open(old_dir, tiny, ocr=False)
+        summary = new.carry_over(old_dir)
+        assert summary.added == len(old_ids) - 1 == 5
+        assert (new_dir / "uploads" / "20260101" / "s010.png").is_file()
+        assert str((new_dir / "uploads" / "20260101").resolve()) in new.folders()
+        hits = new.search(image=str(outside / "s000.png"), k=1)
+        assert hits[0].path == str((outside / "s000.png").resolve())
+    assert (old_dir / "meta.sqlite").read_bytes() == before
+
+
+def test_service_reindexes_the_library_when_the_model_changes(tmp_path, monkeypatch):
+    """The user's library lives per model; after a model change the next start re-indexes the old
+    one (uploads included) with a message, instead of showing an empty library."""
+    from stickerllm.service import ServiceOptions, StickerService
+    from tests.appworld import make_gallery, png, tiny_models
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    gallery = make_gallery(tmp_path / "gallery")
+    up = tmp_path / "up.png"
+    up.write_bytes(png((200, 10, 10)))
+    logs = []
+
+    def start(seed):
+        torch.manual_seed(seed)
+        clip, model = tiny_models(seed)
+        opts = ServiceOptions(gallery=str(gallery), ocr=False, device="cpu", chat=False)
+        return StickerService(opts, log=logs.append, clip=clip).start(background=False)
+
+    first = start(0)
+    first.add_files([str(up)])
+    assert len(first.library) == 1
+    second = start(1)
+    assert second.clip.identity() != first.clip.identity()
+    assert len(second.library) == 1 and second.library.directory != first.library.directory
+    assert any("re-indexing your library" in m for m in logs)
+    assert len(first.library) == 1  # the old index is kept
