@@ -8,4 +8,13 @@ __all__ = [
     "StickerRecord", "RecordError", "build_text", "read_folder", "read_jsonl", "read_records",
     "read_sticker820k", "write_jsonl", "StickerImage", "StickerImageError", "frame_indices",
     "load_frames", "load_sticker", "Hit", "IndexModelMismatch", "IndexSet", "IndexSummary", "StickerIndex",
+    "StickerCLIP", "load_model",
 ]
+
+
+def __getattr__(name):  # the model factory, imported on first use (it brings in torch and transformers)
+    if name in ("StickerCLIP", "load_model"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'stickerclip' has no attribute {name!r}")

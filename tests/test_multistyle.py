@@ -245,3 +245,10 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
     assert 0 <= row["i2i"]["noto"]["MR"] <= 100
     report = (tmp_path / "rep" / "report.md").read_text(encoding="utf-8")
     assert "16×16 pixels" in report and "i2i fluent→noto" in report and (tmp_path / "rep" / "topk.png").is_file()
+
+
+def test_load_model_is_exported_at_package_level():
+    import stickerclip
+    from stickerclip import model
+
+    assert stickerclip.load_model is model.load_model and stickerclip.StickerCLIP is model.StickerCLIP

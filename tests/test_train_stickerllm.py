@@ -171,3 +171,42 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
     clash.write_text(json.dumps(held, ensure_ascii=False) + "\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="clash.jsonl: instructions of the evaluation part"):
         refit_decision.main(args[:7] + [str(clash)] + args[8:])
+
+
+def test_transfer_adapter_to_a_new_stickerclip(setup, tmp_path, monkeypatch):
+    """Same encoder in, same W_t and W_c out (the least-squares maps are identities); a different
+    encoder gives an adapter that loads with it (its identity recorded) and keeps the LLM-side rows."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from stickerclip.model import StickerCLIP, named_config
+    from stickerllm import model as sllm
+    from train import transfer_adapter
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(1)
+    adapter = sllm.create(str(setup / "llm"), str(setup / "clip"))
+    adapter.save(tmp_path / "a")
+    common = ["--adapter", str(tmp_path / "a"), "--old-clip", str(setup / "clip"), "--data", str(setup)]
+    transfer_adapter.main(common + ["--new-clip", str(setup / "clip"), "--out", str(tmp_path / "same"),
+                                    "--ridge", "1e-6"])
+    a, same = load_file(str(tmp_path / "a" / "adapter.safetensors")), load_file(str(tmp_path / "same" / "adapter.safetensors"))
+    # 8 stickers + their texts span the 32-d space only partly: compare the maps on the encoded features
+    from stickerclip.data import read_jsonl
+
+    clip = sllm.load(tmp_path / "same").clip
+    feats = torch.from_numpy(clip.encode_images([r.image for r in read_jsonl(setup / "train.jsonl")]))  # (8, d)
+    old_out = feats @ a["w_c.weight"].T + a["w_c.bias"]
+    new_out = feats @ same["w_c.weight"].T + same["w_c.bias"]
+    assert torch.allclose(old_out, new_out, atol=1e-3)
+    assert torch.equal(a["tok_in"], same["tok_in"])
+    torch.manual_seed(5)
+    StickerCLIP(named_config("tiny")).save(tmp_path / "clip2")
+    res = transfer_adapter.main(common + ["--new-clip", str(tmp_path / "clip2"), "--out", str(tmp_path / "moved")])
+    moved = sllm.load(tmp_path / "moved")
+    assert moved.clip.identity() == res["clip_identity"] == moved.config.clip_identity
+    cfg = json.loads((tmp_path / "moved" / "config.json").read_text())
+    assert cfg["extra"]["transfer"]["stickers"] == 8 and np.isfinite(cfg["extra"]["transfer"]["w_c_r2"])
+    with pytest.raises(ValueError, match="trained with StickerCLIP"):
+        sllm.load(tmp_path / "moved", clip=str(setup / "clip"))

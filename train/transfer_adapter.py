@@ -68,16 +68,17 @@ def main(argv=None) -> dict:
         old.w_t.weight.copy_(w_t)
         old.w_c.weight.copy_(torch.from_numpy(A.T))
         old.w_c.bias.copy_(torch.from_numpy(b))
+    before = old.config.clip_identity
     old.clip = new_clip
     old.config.clip = getattr(new_clip, "source", args.new_clip)
     old.config.clip_identity = new_clip.identity()
     old.config.clip_dim = d_new
     cos_t = float((torch.nn.functional.normalize(torch.from_numpy(to @ M), dim=-1) *
                    torch.from_numpy(tn)).sum(-1).mean())
-    old.config.extra = str({**(eval(old.config.extra) if isinstance(old.config.extra, str) and
-                                old.config.extra.startswith("{") else {}),
-                           "transfer": {"from": args.old_clip, "stickers": len(records), "texts": len(texts),
-                                        "ridge": args.ridge, "w_c_r2": round(fit_c, 4), "text_cosine": round(cos_t, 4)}})
+    extra = old.config.extra if isinstance(old.config.extra, dict) else {"before": old.config.extra}
+    extra["transfer"] = {"from": before, "stickers": len(records), "texts": len(texts),
+                         "ridge": args.ridge, "w_c_r2": round(fit_c, 4), "text_cosine": round(cos_t, 4)}
+    old.config.extra = extra
     out = args.out or args.adapter
     old.save(out)
     result = {"out": str(out), "w_c_r2": round(fit_c, 4), "text_cosine": round(cos_t, 4), "clip_identity": new_clip.identity()}
