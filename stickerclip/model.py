@@ -52,6 +52,7 @@ class StickerCLIPConfig:
         return self.vision.get("kind", "vit")
 
 
+EFFNET_CHUNK = 16  # images per EfficientNet forward at inference (measured fastest on 2 CPU cores)
 EFFNET_MEAN = (0.5, 0.5, 0.5)
 EFFNET_STD = (0.5, 0.5, 0.5)
 
@@ -207,7 +208,10 @@ class StickerCLIP(nn.Module):
         if self.config.vision_kind == "resnet":
             return self.vision(pixel_values.to(self.vision.conv1.weight.dtype))
         if self.config.vision_kind == "efficientnet":
-            return self.visual_projection(self.vision(pixel_values))
+            if self.training or len(pixel_values) <= EFFNET_CHUNK:
+                return self.visual_projection(self.vision(pixel_values))
+            # inference in chunks: a convolutional tower is faster when its activations stay small
+            return torch.cat([self.visual_projection(self.vision(c)) for c in pixel_values.split(EFFNET_CHUNK)])
         return self.visual_projection(self.vision(pixel_values=pixel_values).pooler_output)
 
     def image_trunk(self, pixel_values: torch.Tensor, stop: int) -> torch.Tensor:

@@ -184,6 +184,9 @@ class StickerService:
         from stickerclip.llm import cache_dir
         from stickerclip.model import load_model
 
+        from stickerclip.runtime import keep_freed_memory
+
+        keep_freed_memory(256 << 20)  # convolution activations reuse freed memory, not fresh pages
         device = self._device()
         self.log(f"loading the models on {device} (the page is served meanwhile); the first run converts "
                  "the embedded LLM and indexes the gallery once, about two minutes")
