@@ -130,6 +130,13 @@ def test_kill_during_indexing_at_several_points(tmp_path, tiny_dir, tiny):
 
     def add():
         with StickerIndex.open(idx_dir, tiny, create=False, ocr=False) as idx:
+            commit = idx._commit
+
+            def slow_commit(*args, **kwargs):  # a tiny model indexes 200 stickers in 0.2 s: slow each
+                time.sleep(0.01)               # batch down so that the kill lands mid-way on any machine
+                return commit(*args, **kwargs)
+
+            idx._commit = slow_commit
             idx.add_folder(folder, batch_size=4, progress=False)
 
     for target in (70, 140):  # the same add in forked processes, killed later on
