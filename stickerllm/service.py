@@ -183,7 +183,6 @@ class StickerService:
         from stickerclip.index import IndexSet, StickerIndex
         from stickerclip.llm import cache_dir
         from stickerclip.model import load_model
-
         from stickerclip.runtime import keep_freed_memory
 
         keep_freed_memory(256 << 20)  # convolution activations reuse freed memory, not fresh pages
