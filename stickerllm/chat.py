@@ -12,6 +12,7 @@ turn); stickers already shown in the conversation are excluded from later retrie
 """
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Iterator
@@ -35,10 +36,13 @@ class ChatSettings:
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 0.9
     max_new_tokens: int = 256
-    min_new_tokens: int = 0  # turn-ending tokens are banned before this many (benchmarks)
+    min_new_tokens: int = 0  # the turn does not end before this many tokens (benchmarks)
+    repetition_penalty: float = 1.2  # on tokens of the user's message and of the reply so far (1: off)
+    no_repeat_ngram: int = 3  # a reply never repeats an n-gram of its own (0: off)
+    same_script: bool = True  # letters only of the scripts the user wrote in (Han, Latin, ...)
     seed: int | None = None
     max_message_chars: int = 4000  # longer messages are cut to this
-    max_input_tokens: int = 2048  # older turns are dropped to fit
+    max_input_tokens: int = 2048  # older turns are dropped to fit (the few-shot preamble not counted)
 
     def checked(self) -> "ChatSettings":
         """A copy with every field in range (ValueError names the field otherwise)."""
@@ -52,6 +56,8 @@ class ChatSettings:
                        beta=num("beta", 0.0, 10.0), temperature=num("temperature", 0.0, 5.0),
                        top_p=num("top_p", 0.01, 1.0), max_new_tokens=num("max_new_tokens", 1, 4096, int),
                        min_new_tokens=num("min_new_tokens", 0, 4096, int),
+                       repetition_penalty=num("repetition_penalty", 1.0, 10.0),
+                       no_repeat_ngram=num("no_repeat_ngram", 0, 64, int), same_script=bool(self.same_script),
                        max_message_chars=num("max_message_chars", 1, 1_000_000, int),
                        max_input_tokens=num("max_input_tokens", 16, 1_000_000, int))
 
@@ -109,17 +115,18 @@ class StickerChat:
             shown += list(h.get("stickers") or ())
         current = {"role": "user", "content": message, "images": list(images)}
         msgs = [self._message(h, s) for h in turns] + [self._message(current, s)]
+        pre = len(self.model.builder.preamble())  # the budget is the conversation's, after the preamble
         enc = self.model.builder.encode(msgs, pret=s.pret)
-        while len(enc) > s.max_input_tokens and len(msgs) > 1:
+        while len(enc) - pre > s.max_input_tokens and len(msgs) > 1:
             msgs = msgs[2:] if len(msgs) > 2 else msgs[1:]  # drop the oldest exchange
             enc = self.model.builder.encode(msgs, pret=s.pret)
-        while len(enc) > s.max_input_tokens and msgs[-1]["content"]:
+        while len(enc) - pre > s.max_input_tokens and msgs[-1]["content"]:
             # the new message alone is too long: cut its text (its stickers and the template stay)
             text = msgs[-1]["content"]
-            keep = min(len(text) - 1, len(text) * s.max_input_tokens // len(enc))
+            keep = min(len(text) - 1, len(text) * s.max_input_tokens // (len(enc) - pre))
             msgs[-1] = {**msgs[-1], "content": text[:keep]}
             enc = self.model.builder.encode(msgs, pret=s.pret)
-        if len(enc) > s.max_input_tokens:
+        if len(enc) - pre > s.max_input_tokens:
             raise ValueError(f"the message does not fit in {s.max_input_tokens} tokens even without its text "
                              f"({len(msgs[-1]['images'])} stickers)")
         imgs = [im for m in msgs for im in (m.get("images") or [])]
@@ -144,7 +151,7 @@ class StickerChat:
         parts, stickers = [], []
         reason, n = "length", 0
         with self._lock:
-            for kind, value in self._decode(enc, feats, s, cancel):
+            for kind, value in self._decode(enc, feats, s, cancel, user=message):
                 if kind == "text":
                     parts.append(value)
                     yield TextChunk(value)
@@ -172,7 +179,7 @@ class StickerChat:
         enc, feats, _ = self.encode(message, images, (), s)
         text = []
         with self._lock:
-            steps = self._decode(enc, feats, s, None, force_ret=True)
+            steps = self._decode(enc, feats, s, None, force_ret=True, user=message)
             try:
                 for kind, value in steps:
                     if kind == "text":
@@ -183,19 +190,27 @@ class StickerChat:
                 steps.close()
         raise RuntimeError("decoding ended without a query")
 
+    def _prefix(self):
+        """(length, KV cache) of the prompt preamble (length 0 with a static decoder: no reuse)."""
+        return (0, None) if self.decoder is not None else preamble_cache(self.model)
+
     @torch.inference_mode()
-    def _decode(self, enc: Encoded, feats, s: ChatSettings, cancel, force_ret: bool = False):
+    def _decode(self, enc: Encoded, feats, s: ChatSettings, cancel, force_ret: bool = False, user: str = ""):
         """Yields ("text", str), ("ret", query) and finally ("end", (reason, tokens)); with
-        `force_ret`, a reply that ends without `<ret>` gets one appended: ("forced", query)."""
+        `force_ret`, a reply that ends without `<ret>` gets one appended: ("forced", query). `user`:
+        the user's message, for the guards (its script, its tokens' repetition penalty)."""
         m = self.model
         dev = m.device
         img = m.image_embeddings(feats.to(dev)) if feats is not None and len(feats) else None
         t = lambda xs: torch.tensor([xs], dtype=torch.long, device=dev)  # noqa: E731
-        decoder = self.decoder or DynamicDecoder(m)
+        n, cache = self._prefix()
+        decoder = self.decoder or DynamicDecoder(m, (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids
+                                                 else None)
         h = decoder.start(m.embed(t(enc.ids), t(enc.special), t(enc.slot), img))
         gen = torch.Generator(device="cpu")
         gen.manual_seed(s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
         feed = decoder.step
+        guard = Guards(m, s, user, self._stop_text)
 
         seg, said, n, reason = [], "", 0, "length"
         stop = sorted(self._stop_ids)
@@ -205,7 +220,7 @@ class StickerChat:
                 break
             if decoder.full(2):
                 break  # a static cache is full: the reply ends as if at max_new_tokens
-            logits = m.logits(h)[0].float()
+            logits = guard(m.logits(h)[0].float(), said)
             if n < s.min_new_tokens and stop:
                 logits[stop] = float("-inf")
             tok = _pick(logits, s.temperature, s.top_p, gen)
@@ -213,13 +228,13 @@ class StickerChat:
             if tok in self._stop_ids:
                 reason = "stop"
                 break
+            guard.add(tok)
             if tok == m.specials.ret:
                 text = m.tokenizer.decode(seg, skip_special_tokens=True) if seg else ""
                 if len(text) > len(said):
                     yield "text", text[len(said):]
                 seg, said = [], ""
-                h_ret = feed(tok, RET)
-                yield "ret", m.query(h_ret)[0].cpu().numpy()
+                yield "ret", m.query(feed(tok, RET, query=True))[0].cpu().numpy()
                 h = feed(m.specials.end_ret, END_RET)  # forced
                 continue
             seg.append(tok)
@@ -227,7 +242,7 @@ class StickerChat:
             text = m.tokenizer.decode(seg, skip_special_tokens=True)
             if text.endswith("\ufffd"):
                 continue  # an incomplete multi-byte character: wait for the rest
-            if self._stop_text and self._stop_text in text:
+            if self._stop_text and n >= s.min_new_tokens and self._stop_text in text:
                 cut = text[:text.index(self._stop_text)]
                 if len(cut) > len(said):
                     yield "text", cut[len(said):]
@@ -242,28 +257,175 @@ class StickerChat:
         if rest:
             yield "text", rest
         if force_ret:
-            yield "forced", m.query(feed(m.specials.ret, RET))[0].cpu().numpy()
+            yield "forced", m.query(feed(m.specials.ret, RET, query=True))[0].cpu().numpy()
         yield "end", (reason, n)
 
 
-class DynamicDecoder:
-    """Token-by-token decoding with the LLM's default (dynamic) KV cache."""
+def preamble_cache(model: StickerLLM):
+    """(length, KV cache) of `model`'s prompt preamble (its few-shot exemplars), computed once and again
+    only when the adapter's input rows change (training); (0, None) for a format without one."""
+    pre = model.builder.preamble()
+    key = (model.tok_in._version, model.tok_in.data_ptr(), tuple(pre.ids))
+    held = getattr(model, "_preamble_cache", None)
+    if held is None or held[0] != key:
+        cache = None
+        if len(pre) >= 2:
+            t = lambda xs: torch.tensor([xs], dtype=torch.long, device=model.device)  # noqa: E731
+            with torch.inference_mode():
+                cache = model.hidden(model.embed(t(pre.ids), t(pre.special), t(pre.slot)), use_cache=True).past_key_values
+        held = (key, (len(pre), cache) if cache is not None else (0, None))
+        object.__setattr__(model, "_preamble_cache", held)
+    return held[1]
 
-    def __init__(self, model: StickerLLM):
+
+def _with_prefix(model: StickerLLM, encs: list[Encoded]):
+    """(prefix length, a copy of its KV cache for len(encs) rows, the sequences after it): where every
+    sequence starts with the preamble and goes past it; else (0, None, encs)."""
+    n, cache = preamble_cache(model)
+    pre = model.builder.preamble().ids
+    if not n or not all(len(e) > n and e.ids[:n] == pre for e in encs):
+        return 0, None, encs
+    cache = copy.deepcopy(cache)
+    if len(encs) > 1:
+        cache.batch_repeat_interleave(len(encs))
+    return n, cache, [Encoded(e.ids[n:], e.special[n:], e.slot[n:]) for e in encs]
+
+
+class Guards:
+    """Decoding guards of one reply (StickerChat's policy): a repetition penalty on the user's
+    message and the reply so far, no repeated n-gram within the reply, letters only of the scripts
+    the user wrote in, one sticker gallery per reply, and no line break before the reply has said
+    anything (one line per reply)."""
+
+    def __init__(self, model: StickerLLM, s: ChatSettings, user: str, stop_text: str | None):
+        self.s = s
+        self.ret = model.specials.ret
+        self.retrieved = False  # one sticker gallery per reply
+        self.ids: list[int] = []  # the reply's tokens, specials included
+        self.seen = set(model.builder.text(user)) if s.repetition_penalty > 1 else set()
+        self.mask = script_table(model).mask_for(user) if s.same_script else None
+        self.breaks = script_table(model).breaks if stop_text == "\n" else None
+
+    def add(self, tok: int) -> None:
+        self.ids.append(tok)
+        if self.s.repetition_penalty > 1:
+            self.seen.add(tok)
+        if tok == self.ret:
+            self.retrieved = True
+
+    def __call__(self, logits: torch.Tensor, said: str) -> torch.Tensor:
+        """(V,) logits of the next token -> guarded logits (a new tensor)."""
+        s = self.s
+        if self.mask is not None:
+            logits = logits + self.mask.to(logits.device)[:logits.shape[-1]]
+        else:
+            logits = logits.clone()
+        if self.seen:
+            idx = torch.tensor(sorted(i for i in self.seen if i < logits.shape[-1]), dtype=torch.long,
+                               device=logits.device)
+            v = logits[idx]
+            logits[idx] = torch.where(v > 0, v / s.repetition_penalty, v * s.repetition_penalty)
+        k = s.no_repeat_ngram
+        if k and len(self.ids) >= k - 1:
+            tail = tuple(self.ids[len(self.ids) - k + 1:]) if k > 1 else ()
+            banned = [self.ids[i + k - 1] for i in range(len(self.ids) - k + 1)
+                      if tuple(self.ids[i:i + k - 1]) == tail]
+            if banned:
+                logits[banned] = float("-inf")
+        if self.retrieved:
+            logits[self.ret] = float("-inf")
+        if self.breaks is not None and not said.strip():
+            logits[self.breaks[self.breaks < logits.shape[-1]]] = float("-inf")
+        return logits
+
+
+class ScriptTable:
+    """Per vocabulary id: the writing system of its letters (a bit per script; 0 for digits,
+    punctuation, emoji, byte pieces), and the ids that are only whitespace with a line break."""
+
+    SCRIPTS = ("latin", "han", "kana", "hangul", "cyrillic", "other")
+
+    def __init__(self, tokenizer, width: int):
+        bits = np.zeros(width, np.uint8)
+        breaks = []
+        pieces = tokenizer.convert_ids_to_tokens(list(range(min(width, len(tokenizer)))))
+        for i, p in enumerate(pieces):
+            if not p or (p.startswith("<") and p.endswith(">")):
+                continue  # specials and byte pieces
+            text = p.replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n")
+            if "\n" in text and not text.strip():
+                breaks.append(i)
+            b = 0
+            for ch in text:
+                if ch.isalpha():
+                    b |= 1 << self._script(ch)
+            bits[i] = b
+        self.bits = torch.from_numpy(bits)
+        self.breaks = torch.tensor(breaks, dtype=torch.long)
+
+    @staticmethod
+    def _script(ch: str) -> int:
+        """The bit of SCRIPTS that letter `ch` belongs to."""
+        o = ord(ch)
+        if o < 0x250 or 0x1E00 <= o < 0x1F00:
+            return 0
+        if 0x3400 <= o < 0xA000 or 0xF900 <= o < 0xFB00 or 0x20000 <= o < 0x32000:
+            return 1
+        if 0x3040 <= o < 0x3100 or 0x31F0 <= o < 0x3200 or 0xFF66 <= o < 0xFFA0:
+            return 2
+        if 0xAC00 <= o < 0xD7B0 or 0x1100 <= o < 0x1200 or 0x3130 <= o < 0x3190:
+            return 3
+        if 0x400 <= o < 0x530:
+            return 4
+        return 5
+
+    def mask_for(self, text: str) -> torch.Tensor:
+        """(V,) 0 where a token's letters are all in scripts of `text`, -inf elsewhere. Text with no
+        letters (emoji, a sticker alone) allows Han and Latin."""
+        allowed = 0
+        for ch in text:
+            if ch.isalpha():
+                allowed |= 1 << self._script(ch)
+        if not allowed:
+            allowed = 0b11
+        ok = (self.bits & ~allowed) == 0
+        return torch.where(ok, 0.0, float("-inf"))
+
+
+def script_table(model: StickerLLM) -> ScriptTable:
+    """The ScriptTable of `model`'s tokenizer, built once per model (a second on a 262k vocabulary)."""
+    table = getattr(model, "_script_table", None)
+    if table is None:
+        table = ScriptTable(model.tokenizer, model.vocab_width)
+        object.__setattr__(model, "_script_table", table)
+    return table
+
+
+class DynamicDecoder:
+    """Token-by-token decoding with the LLM's default (dynamic) KV cache. `prefix`: (length, cache)
+    of a prompt prefix already run (the preamble), copied for each prompt that starts with it."""
+
+    def __init__(self, model: StickerLLM, prefix=None):
         self.model = model
+        self.prefix = prefix if prefix is not None and prefix[1] is not None else None
 
     def start(self, embeds: torch.Tensor) -> torch.Tensor:
         """Prefill the (1, T, H) prompt -> the last hidden state (1, H)."""
-        out = self.model.hidden(embeds, use_cache=True)
+        cache, n = None, 0
+        if self.prefix is not None and embeds.shape[1] > self.prefix[0]:
+            n, cache = self.prefix[0], copy.deepcopy(self.prefix[1])
+        out = self.model.hidden(embeds[:, n:], past_key_values=cache, use_cache=True)
         self.cache = out.past_key_values
         return out.last_hidden_state[:, -1]
 
-    def step(self, tok: int, special: int = -1) -> torch.Tensor:
-        """Feed one token (a special one at index `special`) -> its hidden state (1, H)."""
+    def step(self, tok: int, special: int = -1, query: bool = False) -> torch.Tensor:
+        """Feed one token (a special one at index `special`) -> its final hidden state (1, H), or with
+        `query` its query-layer state."""
         m = self.model
         ids = torch.tensor([[tok]], device=m.device)
         e = m.embed_tokens(ids, torch.tensor([[special]], device=m.device))
-        return m.hidden(e, past_key_values=self.cache, use_cache=True).last_hidden_state[:, -1]
+        out = m.hidden(e, past_key_values=self.cache, use_cache=True, query=query)
+        return (m.query_states(out) if query else out.last_hidden_state)[:, -1]
 
     def full(self, room: int) -> bool:
         return False
@@ -296,15 +458,15 @@ class StaticDecoder(DynamicDecoder):
     def _raw_step(self, ids, special, pos):
         m = self.model
         e = m.embed_tokens(ids, special)
-        return m.body(inputs_embeds=e, past_key_values=self.cache, cache_position=pos,
-                      use_cache=True).last_hidden_state[:, -1]
+        out = m.hidden(e, past_key_values=self.cache, use_cache=True, query=True, cache_position=pos)
+        return out.last_hidden_state[:, -1], m.query_states(out)[:, -1]
 
-    def step(self, tok: int, special: int = -1) -> torch.Tensor:
+    def step(self, tok: int, special: int = -1, query: bool = False) -> torch.Tensor:
         dev = self.model.device
-        h = self._step(torch.tensor([[tok]], device=dev), torch.tensor([[special]], device=dev),
-                       torch.tensor([self.pos], device=dev))
+        h, q = self._step(torch.tensor([[tok]], device=dev), torch.tensor([[special]], device=dev),
+                          torch.tensor([self.pos], device=dev))
         self.pos += 1
-        return h.clone()  # CUDA-graph outputs are overwritten by the next replay
+        return (q if query else h).clone()  # CUDA-graph outputs are overwritten by the next replay
 
     def full(self, room: int) -> bool:
         return self.pos + room > self.max_len
@@ -342,19 +504,24 @@ def chat_stream(model: StickerLLM, message: str, images=(), history=(), settings
 
 @torch.inference_mode()
 def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_tokens: int, stop_ids,
-                 force_ret: bool = False, allow_ret: bool = True, on_step=None) -> list[dict]:
+                 force_ret: bool = False, allow_ret: bool = True, on_step=None, stop_text: str | None = None,
+                 guard: ChatSettings | None = None, users: list[str] | None = None) -> list[dict]:
     """Greedy replies to several prompts at once (left-padded, one KV cache), up to the first `<ret>`.
 
     `feats[i]`: (n_i, d) image features of prompt i or None. Returns per prompt {"tokens": ordinary
     tokens before `<ret>` or the turn end, "ret": whether the model emitted `<ret>`, "query": the
-    `<ret>` query (d,) or None, and "state": the final hidden state at `<ret>` it came from}. With
+    `<ret>` query (d,) or None, and "state": the query-layer state at `<ret>` it came from}. With
     `force_ret`, a reply that ends without `<ret>` gets one appended and its query is returned (ret
-    stays False). With `allow_ret` False, `<ret>` is banned: the frozen LLM's own reply. `on_step(rows, hidden, logits)` sees, at every step, the prompts still
-    choosing a token (rows: their indices), their final hidden states and logits. For evaluation:
-    batched decoding is much faster on a CPU, where each step reads the whole LM head."""
+    stays False). With `allow_ret` False, `<ret>` is banned: the frozen LLM's own reply. A reply
+    also ends where its text contains `stop_text` (the format's, e.g. the end of the line). With
+    `guard`, the chat's decoding guards of those settings apply (`users[i]`: prompt i's user message).
+    `on_step(rows, hidden, logits)` sees, at every step, the prompts still choosing a token (rows:
+    their indices), their final hidden states and (guarded) logits. For evaluation: batched decoding
+    is much faster on a CPU, where each step reads the whole LM head."""
     m = model
     dev = m.device
     B = len(encs)
+    P, cache, encs = _with_prefix(m, encs)  # the preamble's KV cache, shared: only the rest is prefilled
     T = max(len(e) for e in encs)
     ids = torch.full((B, T), m.builder.pad_id, dtype=torch.long)
     special = torch.full((B, T), -1, dtype=torch.long)
@@ -373,17 +540,22 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
             offset += len(f)
         mask[i, T - n:] = 1
     img = m.image_embeddings(torch.cat(imgs).to(dev)) if imgs else None
-    ids, special, slot, mask = ids.to(dev), special.to(dev), slot.to(dev), mask.to(dev)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = m.body(inputs_embeds=m.embed(ids, special, slot, img), attention_mask=mask, position_ids=pos,
-                 use_cache=True)
-    cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+    ids, special, slot = ids.to(dev), special.to(dev), slot.to(dev)
+    mask = torch.cat([torch.ones((B, P), dtype=torch.long), mask], 1).to(dev)  # (B, P + T)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
+    out = m.hidden(m.embed(ids, special, slot, img), attention_mask=mask, position_ids=pos, past_key_values=cache,
+                   use_cache=True, query=True)
+    cache, h, hq = out.past_key_values, out.last_hidden_state[:, -1], m.query_states(out)[:, -1]
     nxt = pos[:, -1] + 1
     stop = set(int(t) for t in stop_ids)
     res = [{"tokens": [], "ret": False, "query": None} for _ in range(B)]
     done, pending, made = [False] * B, [False] * B, [0] * B
+    guards = [Guards(m, guard.checked(), (users or [""] * B)[i], stop_text) for i in range(B)] if guard else None
     while True:
-        logits = m.logits(h)
+        logits = m.logits(h).float()
+        if guards is not None:
+            logits = torch.stack([g(logits[i], m.tokenizer.decode(res[i]["tokens"], skip_special_tokens=True))
+                                  for i, g in enumerate(guards)])
         if not allow_ret:
             logits[:, m.specials.ret] = float("-inf")
         if on_step is not None:
@@ -395,9 +567,9 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
         for i in range(B):
             if done[i]:
                 continue
-            if pending[i]:  # h[i] is the state at <ret>
-                res[i]["query"] = m.query(h[i:i + 1])[0].cpu().numpy()
-                res[i]["state"] = h[i].float().cpu()
+            if pending[i]:  # hq[i] is the query-layer state at <ret>
+                res[i]["query"] = m.query(hq[i:i + 1])[0].cpu().numpy()
+                res[i]["state"] = hq[i].float().cpu()
                 done[i] = True
                 continue
             t = tok[i]
@@ -408,16 +580,23 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
                     done[i] = True
                 continue
             made[i] += 1
+            if guards is not None:
+                guards[i].add(t)
             if t == m.specials.ret:
                 res[i]["ret"] = True
                 feed[i], kind[i], pending[i] = t, RET, True
             else:
                 res[i]["tokens"].append(t)
                 feed[i] = t
+                if stop_text and stop_text in m.tokenizer.decode(res[i]["tokens"], skip_special_tokens=True):
+                    if force_ret:
+                        feed[i], kind[i], pending[i] = m.specials.ret, RET, True
+                    else:
+                        done[i] = True
         if all(done):
             return res
         mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
         e = m.embed_tokens(torch.tensor(feed, device=dev)[:, None], torch.tensor(kind, device=dev)[:, None])
-        out = m.body(inputs_embeds=e, attention_mask=mask, position_ids=nxt[:, None], past_key_values=cache,
-                     use_cache=True)
-        h, nxt = out.last_hidden_state[:, -1], nxt + 1
+        out = m.hidden(e, attention_mask=mask, position_ids=nxt[:, None], past_key_values=cache, use_cache=True,
+                       query=True)
+        h, hq, nxt = out.last_hidden_state[:, -1], m.query_states(out)[:, -1], nxt + 1

@@ -6,7 +6,9 @@ Trainable, and all that an adapter file holds:
 - `tok_out` (5, H): their output rows, when the LLM's head is untied (tied: `tok_in` is both), or
   when `output_rows` asks for them anyway (an option: in a tied model, the input role's gradient,
   scaled by e.g. Gemma's embedding multiplier, can swamp the output role's);
-- `w_t` (H -> d, no bias): the last hidden state at `<ret>` -> a query in StickerCLIP's space;
+- `w_t` (H -> d, no bias): the hidden state at `<ret>` -> a query in StickerCLIP's space; the state
+  is read after layer `query_layer` (0: the last layer's normed output, as the paper; a lower layer
+  can carry more of the request, chosen on validation by training);
 - `w_c` (d -> n·H): a StickerCLIP image feature -> n input embeddings between `<img>` and `</img>`;
 - `logit_scale`: the temperature of the contrastive loss.
 
@@ -44,6 +46,8 @@ class StickerLLMConfig:
     clip_dim: int = 0
     tied: bool = True
     output_rows: bool = False  # own output rows for the new tokens even when the LLM's head is tied
+    query_layer: int = 0  # the <ret> query is read after this decoder layer (0: the last, normed)
+    prompt: str = "auto"  # chat format (prompt.STYLES): "auto" = the tokenizer's template, else few-shot
     tokens: tuple = SPECIAL_TOKENS
     extra: dict = field(default_factory=dict)  # training provenance
 
@@ -83,7 +87,11 @@ class StickerLLM(nn.Module):
         self.w_t = nn.Linear(H, d, bias=False)
         self.w_c = nn.Linear(d, n * H)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.builder = PromptBuilder(self.tokenizer, self.specials, n, getattr(llm, "generation_config", None))
+        layers = llm.config.get_text_config().num_hidden_layers
+        if not 0 <= config.query_layer <= layers:
+            raise ValueError(f"query_layer={config.query_layer}: must be in [0, {layers}] for this LLM")
+        self.builder = PromptBuilder(self.tokenizer, self.specials, n, getattr(llm, "generation_config", None),
+                                     style=config.prompt)
         self._setup_columns(emb.weight.shape[0])
         if init:
             self.reset_parameters()
@@ -160,6 +168,12 @@ class StickerLLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
 
+    def set_prompt(self, style: str) -> None:
+        """Use the chat format `style` (prompt.STYLES) from now on (for evaluating older recipes)."""
+        self.config.prompt = style
+        self.builder = PromptBuilder(self.tokenizer, self.specials, self.config.image_tokens,
+                                     getattr(self.llm, "generation_config", None), style=style)
+
     # ------------------------------------------------------------------------------ compute
     def image_embeddings(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, d) normalised StickerCLIP image features -> (N·n, H) input embeddings."""
@@ -209,13 +223,63 @@ class StickerLLM(nn.Module):
         return logits + self._mask.to(logits.dtype)
 
     def query(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(N, H) hidden states at `<ret>` -> (N, d) normalised queries in StickerCLIP's space."""
+        """(N, H) query-layer states at `<ret>` -> (N, d) normalised queries in StickerCLIP's space."""
         return F.normalize(self.w_t(hidden.to(self.w_t.weight.dtype)).float(), dim=-1)
 
-    def hidden(self, embeds: torch.Tensor, attention_mask=None, past_key_values=None, use_cache=False):
-        """Run the frozen decoder on embeddings -> its output (last_hidden_state, past_key_values)."""
-        return self.body(inputs_embeds=embeds, attention_mask=attention_mask,
-                         past_key_values=past_key_values, use_cache=use_cache)
+    def hidden(self, embeds: torch.Tensor, attention_mask=None, past_key_values=None, use_cache=False,
+               query: bool = False, layers: bool = False, **kw):
+        """Run the frozen decoder on embeddings -> its output (last_hidden_state, past_key_values; with
+        `query`, what `query_states` reads; with `layers`, `hidden_states` of every layer: index 0 the
+        embeddings, L the output of layer L, the last one normed)."""
+        return self.body(inputs_embeds=embeds, attention_mask=attention_mask, past_key_values=past_key_values,
+                         use_cache=use_cache, output_hidden_states=layers or (query and bool(self.config.query_layer)),
+                         **kw)
+
+    def query_states(self, out) -> torch.Tensor:
+        """(B, T, H) states the query is read from, of a decoder output made with `hidden(query=True)`."""
+        return out.hidden_states[self.config.query_layer] if self.config.query_layer else out.last_hidden_state
+
+    def hidden_states(self, batch: dict, query: bool = False, layers: bool = False, **kw):
+        """Teacher-forced forward of a `batch()` -> (B, T, H) final hidden states; with `query` also the
+        (B, T, H) query-layer states; with `layers` instead the tuple of every layer's (B, T, H). `kw`
+        go to the decoder (a prefix's past_key_values and position_ids)."""
+        dev = self.device
+        b = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        img = self.image_embeddings(b["image_feats"]) if b["image_feats"] is not None else None
+        out = self.hidden(self.embed(b["ids"], b["special"], b["slot"], img), b["attention_mask"], query=query,
+                          layers=layers, **kw)
+        if layers:
+            return out.hidden_states
+        return (out.last_hidden_state, self.query_states(out)) if query else out.last_hidden_state
+
+    @torch.inference_mode()
+    def frozen_generate(self, encs: list[Encoded], max_new_tokens: int, stop_ids, feats=None,
+                        **kw) -> list[list[int]]:
+        """The frozen LLM's own greedy replies (its `generate`, its head: it never emits `<ret>`) to
+        prompts given as input embeddings, so the adapter's input rows in them (the few-shot preamble's
+        `<ret></ret>`, images) read as in chat. Left-padded batch; each reply cut at its first stop id."""
+        dev = self.device
+        T = max(len(e) for e in encs)
+        B = len(encs)
+        ids = torch.full((B, T), self.builder.pad_id, dtype=torch.long)
+        special = torch.full((B, T), -1, dtype=torch.long)
+        slot = torch.full((B, T), -1, dtype=torch.long)
+        mask = torch.zeros((B, T), dtype=torch.long)
+        for i, e in enumerate(encs):
+            ids[i, T - len(e):] = torch.tensor(e.ids)
+            special[i, T - len(e):] = torch.tensor(e.special)
+            slot[i, T - len(e):] = torch.tensor(e.slot)
+            mask[i, T - len(e):] = 1
+        img = self.image_embeddings(feats.to(dev)) if feats is not None else None
+        embeds = self.embed(ids.to(dev), special.to(dev), slot.to(dev), img)
+        stop = sorted(int(t) for t in stop_ids)
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+                                do_sample=False, eos_token_id=stop or None, pad_token_id=self.builder.pad_id, **kw)
+        rows = []
+        for row in out.tolist():  # with inputs_embeds, generate returns only the new tokens
+            cut = next((k for k, t in enumerate(row) if t in stop), len(row))
+            rows.append(row[:cut])
+        return rows
 
     # ------------------------------------------------------------------------------ training
     def batch(self, examples: list[tuple[Encoded, int]], image_feats: list[torch.Tensor]) -> dict:
@@ -260,15 +324,13 @@ class StickerLLM(nn.Module):
         of the targets in it), t2i contrasts each query with the whole bank instead of the batch."""
         dev = self.device
         b = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        img = self.image_embeddings(b["image_feats"]) if b["image_feats"] is not None else None
-        embeds = self.embed(b["ids"], b["special"], b["slot"], img)
-        h = self.hidden(embeds, attention_mask=b["attention_mask"]).last_hidden_state  # (B, T, H)
+        h, hq = self.hidden_states(b, query=True)  # (B, T, H) each
         sel = b["labels"] >= 0
         lm = F.cross_entropy(self.logits(h[sel]).float(), b["labels"][sel]) if sel.any() else h.sum() * 0
         out = {"lm": lm}
         has = b["ret_pos"] >= 0
         if targets is not None and has.sum() > 1:
-            q = self.query(h[has.nonzero(as_tuple=True)[0], b["ret_pos"][has]])  # (m, d)
+            q = self.query(hq[has.nonzero(as_tuple=True)[0], b["ret_pos"][has]])  # (m, d)
             t = F.normalize(targets.to(dev)[has].float(), dim=-1)
             scale = self.logit_scale.exp().clamp(max=100)
             sim = scale * q @ t.T
@@ -327,13 +389,13 @@ def _atomic(path: Path, write) -> None:
 
 
 def create(llm: str | tuple, clip, image_tokens: int = 1, device=None, dtype=None,
-           output_rows: bool = False) -> StickerLLM:
+           output_rows: bool = False, query_layer: int = 0, prompt: str = "auto") -> StickerLLM:
     """A fresh StickerLLM over `llm` (a load_causal_lm name or a (model, tokenizer) pair) and `clip`
     (a StickerCLIP, or a load_model name/path; its text tower shares the LLM where it can)."""
     model, tok, name = _llm(llm, device, dtype)
     clip_model = _clip(clip, name, (model, tok), device)
     cfg = StickerLLMConfig(llm=name, clip=getattr(clip_model, "source", str(clip)), image_tokens=image_tokens,
-                           output_rows=output_rows)
+                           output_rows=output_rows, query_layer=query_layer, prompt=prompt)
     return StickerLLM(model, tok, cfg, clip=clip_model)
 
 

@@ -1,7 +1,11 @@
 """Conversations -> token sequences in the LLM's own chat format, with special-token positions.
 
-The chat template (the tokenizer's, else a built-in one: Gemma's turn format when the vocabulary
-has `<start_of_turn>`, else plain "User:/Assistant:" lines) is rendered with placeholders for the
+The chat template is the tokenizer's own where it has one. A base model without one (the embedded
+Gemma 3 270M) gets the few-shot format: plain `用户：/助手：` lines after a short preamble of exemplar
+exchanges (`PREAMBLE`, zh and en; stickers sent as `<ret></ret>` where a person asks for one), one line
+per reply. The preamble is the same prefix of every prompt, so its KV cache is computed once
+(`PromptBuilder.preamble`). `style` picks a format explicitly ("gemma": Gemma's turn tokens, "plain":
+"User:/Assistant:" lines with no preamble). The template is rendered with placeholders for the
 message contents; the template text is tokenized normally, and each content is tokenized apart:
 
 - user text with `split_special_tokens=True`: typing `<ret>`, `<img>` or `<start_of_turn>` gives
@@ -24,7 +28,27 @@ PLAIN_TURNS = (
     "{{ bos_token }}{% for m in messages %}{{ 'Assistant' if m['role'] == 'assistant' else 'User' }}: "
     "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 PLAIN_STOP = "\nUser:"
+FEWSHOT_TURNS = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n{% else %}"
+    "{{ '助手' if m['role'] == 'assistant' else '用户' }}：{{ m['content'] }}\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}助手：{% endif %}")
+FEWSHOT_STOP = "\n"  # one line per reply
+STYLES = ("auto", "tokenizer", "fewshot", "gemma", "plain")
 
+# The few-shot preamble: who speaks, how briefly, in which language, and when stickers are sent.
+# Exemplars are ordinary turns; `<ret></ret>` in them is the model's own special token.
+PREAMBLE_INTRO = ("下面是用户和表情包助手的聊天。助手只说一句简短、友好、切题的话；用户用中文就用中文回答，用英文就用英文回答。"
+                  "用户想要表情包或者在表达心情时，助手先发几个合适的表情包，再说一句话；普通问题就直接回答。")
+PREAMBLE = (
+    ("来个开心的表情包", "<ret></ret>给你几个开心的表情，祝你天天开心！"),
+    ("地球绕着太阳转吗？", "是的，地球绕着太阳转，一圈大约一年。"),
+    ("send me a cat sticker", "<ret></ret>Here are some cat stickers for you!"),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("ugh my code won't compile", "<ret></ret>Hang in there, you'll fix it!"),
+    ("推荐一部电影", "可以看看《千与千寻》，很温暖的动画电影。"),
+    ("今天加班到十点，累死了", "<ret></ret>辛苦啦，早点休息吧！"),
+    ("谢谢你", "不客气，有需要随时找我！"),
+)
 _HOLE = re.compile("\ue000(\\d+)\ue001")
 _SPECIAL_TEXT = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -61,35 +85,62 @@ class Encoded:
 class ChatFormat:
     template: str
     stop_ids: tuple[int, ...]  # token ids that end the model's turn
-    stop_text: str | None  # a string that ends it (plain format), else None
-    kind: str  # "tokenizer", "gemma" or "plain"
+    stop_text: str | None  # a string that ends it (plain and few-shot formats), else None
+    kind: str  # "tokenizer", "fewshot", "gemma" or "plain"
 
 
-def chat_format(tokenizer, generation_config=None) -> ChatFormat:
-    """The tokenizer's chat template, else a built-in one, and the ids that end a reply."""
+def chat_format(tokenizer, generation_config=None, style: str = "auto") -> ChatFormat:
+    """The chat format of `style` ("auto": the tokenizer's template, else few-shot) and the ids that
+    end a reply."""
+    if style not in STYLES:
+        raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
     eos = []
     for src in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         eos += src if isinstance(src, (list, tuple)) else ([src] if src is not None else [])
-    if getattr(tokenizer, "chat_template", None):
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if style == "tokenizer" and not has_template:
+        raise ValueError("prompt style 'tokenizer': this tokenizer has no chat template")
+    if style == "tokenizer" or (style == "auto" and has_template):
         return ChatFormat(tokenizer.chat_template, tuple(dict.fromkeys(eos)), None, "tokenizer")
     vocab = tokenizer.get_vocab()
-    if "<start_of_turn>" in vocab and "<end_of_turn>" in vocab:
+    if style == "gemma":
+        if "<start_of_turn>" not in vocab or "<end_of_turn>" not in vocab:
+            raise ValueError("prompt style 'gemma': the vocabulary has no <start_of_turn>/<end_of_turn>")
         # a model that opens a new turn has ended its own
         ends = [vocab["<end_of_turn>"], vocab["<start_of_turn>"]]
         return ChatFormat(GEMMA_TURNS, tuple(dict.fromkeys(eos + ends)), None, "gemma")
-    return ChatFormat(PLAIN_TURNS, tuple(dict.fromkeys(eos)), PLAIN_STOP, "plain")
+    if style == "plain":
+        return ChatFormat(PLAIN_TURNS, tuple(dict.fromkeys(eos)), PLAIN_STOP, "plain")
+    return ChatFormat(FEWSHOT_TURNS, tuple(dict.fromkeys(eos)), FEWSHOT_STOP, "fewshot")
 
 
 class PromptBuilder:
     """Encodes conversations for one tokenizer, special-token set and image-slot count."""
 
-    def __init__(self, tokenizer, specials: Specials, image_tokens: int = 1, generation_config=None):
+    def __init__(self, tokenizer, specials: Specials, image_tokens: int = 1, generation_config=None,
+                 style: str = "auto"):
         self.tokenizer = tokenizer
         self.specials = specials
         self.image_tokens = image_tokens
-        self.format = chat_format(tokenizer, generation_config)
+        self.format = chat_format(tokenizer, generation_config, style)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._template = None  # compiled on first use
+        self._preamble = None
+
+    def preamble(self) -> Encoded:
+        """The prefix every prompt of this format starts with (BOS, and the few-shot exemplars)."""
+        if self._preamble is None:
+            enc = Encoded()
+            bos = self.tokenizer.bos_token_id
+            if self.format.kind == "fewshot":
+                if bos is not None:
+                    enc.extend([bos])
+                turns = [{"role": "system", "content": PREAMBLE_INTRO + "\n"}]
+                for user, reply in PREAMBLE:
+                    turns += [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+                enc = enc + self._turns(turns, generation_prompt=False)
+            self._preamble = enc
+        return Encoded(list(self._preamble.ids), list(self._preamble.special), list(self._preamble.slot))
 
     # ------------------------------------------------------------------------ pieces
     def text(self, text: str) -> list[int]:
@@ -133,7 +184,10 @@ class PromptBuilder:
     def encode(self, messages, pret: bool = False, generation_prompt: bool = True) -> Encoded:
         """`messages`: dicts with role ("user"/"assistant"/"system"), content (str) and, for users,
         images (a count or a list). `pret` puts `<pret>` before the last user message's content.
-        Images are numbered in order of appearance."""
+        Images are numbered in order of appearance. The result starts with `preamble()`."""
+        return self.preamble() + self._turns(messages, pret, generation_prompt)
+
+    def _turns(self, messages, pret: bool = False, generation_prompt: bool = True) -> Encoded:
         last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
         contents, shown, n_img = [], [], 0
         for i, m in enumerate(messages):

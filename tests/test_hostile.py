@@ -385,10 +385,11 @@ def test_hostile_text_search_and_chat(service, text, monkeypatch):
     assert updates[-1].done and took < 20
     (enc, feats, shown), = seen
     assert feats is None and shown == []
-    assert all(s == -1 for s in enc.special) and all(s == -1 for s in enc.slot)  # nothing special from text
-    assert 0 < len(enc) <= GREEDY.max_input_tokens
+    n = len(service.model.builder.preamble())  # the few-shot exemplars' <ret></ret> are StickerLLM's own
+    assert all(s == -1 for s in enc.special[n:]) and all(s == -1 for s in enc.slot)  # nothing special from text
+    assert 0 < len(enc) - n <= GREEDY.max_input_tokens
     specials = set(service.model.specials.ids)
-    assert not specials & set(enc.ids)
+    assert not specials & set(enc.ids[n:])
     assert session.history[0] == {"role": "user", "content": valid_text(text), "images": []}
     assert len(session.history) == 2
 
@@ -396,11 +397,12 @@ def test_hostile_text_search_and_chat(service, text, monkeypatch):
 def test_long_message_is_cut_to_the_token_budget(service):
     chat = service.chatter
     s = ChatSettings(max_input_tokens=64, max_message_chars=10_000, pret=True)
+    n = len(service.model.builder.preamble())  # the budget is the conversation's, after the preamble
     enc, _, _ = chat.encode("好" * 5000, settings=s)
-    assert 56 <= len(enc) <= 64 and [x for x in enc.special if x >= 0] == [PRET]
+    assert 56 <= len(enc) - n <= 64 and [x for x in enc.special[n:] if x >= 0] == [PRET]
     path = Path(service.options.gallery) / "images" / "red.png"
     enc, feats, _ = chat.encode("<img>" * 50, images=[path], settings=s)
-    assert len(enc) <= 64 and [x for x in enc.special if x >= 0] == [PRET, IMG, END_IMG] and len(feats) == 1
+    assert len(enc) - n <= 64 and [x for x in enc.special[n:] if x >= 0] == [PRET, IMG, END_IMG] and len(feats) == 1
     assert sum(x >= 0 for x in enc.slot) == service.model.config.image_tokens
     with pytest.raises(ValueError, match="does not fit in 16 tokens"):
         chat.encode("hi", images=[path] * 40, settings=ChatSettings(max_input_tokens=16))
@@ -408,7 +410,8 @@ def test_long_message_is_cut_to_the_token_budget(service):
 
 # --------------------------------------------------------------------------------- template break-out
 TEMPLATES = {
-    "gemma (built in)": None,
+    "gemma (built in)": "gemma",
+    "few-shot (built in)": "fewshot",
     "chatml (Qwen)": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                       "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
     "glm-4": ("[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{% endfor %}"
@@ -428,10 +431,11 @@ def builders():
         if template != "plain":
             tok.add_special_tokens({"additional_special_tokens": list(TURNS)})
         specials = add_special_tokens(tok)
-        if template not in (None, "plain"):
+        built_in = template in ("gemma", "fewshot", "plain")
+        if not built_in:
             tok.chat_template = template
-        out[name] = PromptBuilder(tok, specials, image_tokens=2)
-    assert [b.format.kind for b in out.values()] == ["gemma", "tokenizer", "tokenizer", "plain"]
+        out[name] = PromptBuilder(tok, specials, image_tokens=2, style=template if built_in else "auto")
+    assert [b.format.kind for b in out.values()] == ["gemma", "fewshot", "tokenizer", "tokenizer", "plain"]
     return out
 
 

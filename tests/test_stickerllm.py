@@ -25,6 +25,9 @@ def clip():
     return StickerCLIP(named_config("tiny")).eval()
 
 
+NO_GUARDS = dict(repetition_penalty=1.0, no_repeat_ngram=0, same_script=False)
+
+
 def make(family="gemma", clip=None, image_tokens=1, seed=0):
     llm, tok = tiny_llm(family, seed=seed)
     if clip is None:
@@ -129,14 +132,14 @@ def test_frozen_rows_stay_bit_identical_after_training_with_weight_decay(family,
     m.train()
     assert not m.llm.training
     losses = []
-    for _ in range(4):
+    for _ in range(8):
         parts = m.loss(batch, targets, bank=targets, target_idx=torch.arange(len(exs)))
         parts["loss"].backward()
         opt.step()
         opt.zero_grad()
         losses.append(float(parts["loss"].detach()))
     assert set(parts) >= {"lm", "t2i", "i2t", "loss"}
-    assert losses[-1] < losses[0]
+    assert min(losses[4:]) < losses[0]  # AdamW at lr 1e-2 is noisy step to step
     for k, v in m.llm.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert all(not p.requires_grad for p in m.llm.parameters())
@@ -164,7 +167,7 @@ def test_labels_cover_the_answer_but_not_the_forced_end_of_retrieval(clip):
     b = m.batch([(enc, start)], [None])
     labels = b["labels"][0]
     targets = [int(t) for t in labels if t >= 0]
-    ret_at = enc.special.index(RET)
+    ret_at = enc.special.index(RET, start)  # the answer's (the few-shot preamble has its own)
     assert m.specials.ret in targets and m.specials.end_ret not in targets
     assert int(labels[ret_at - 1]) == m.specials.ret  # the position before <ret> predicts it
     assert int(b["ret_pos"][0]) == ret_at
@@ -227,13 +230,13 @@ def test_save_load_round_trip(family, clip, tmp_path):
 def test_greedy_chat_equals_the_frozen_llm_generate(family, clip):
     m = make(family, clip)
     chat = StickerChat(m)
-    s = ChatSettings(temperature=0.0, max_new_tokens=12, min_new_tokens=12)
+    # the decoding guards off: the frozen LLM's own greedy choice, token for token, up to the line's end
+    s = ChatSettings(temperature=0.0, max_new_tokens=12, min_new_tokens=12, **NO_GUARDS)
     enc, _, _ = chat.encode("今天天气怎么样", settings=s)
+    assert chat._prefix()[0] == len(m.builder.preamble()) > 100  # the few-shot preamble is run once
     text = "".join(e.text for e in chat.chat_stream("今天天气怎么样", settings=s) if isinstance(e, TextChunk))
-    inp = torch.tensor([enc.ids])
-    ref = m.llm.generate(input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=12, min_new_tokens=12,
-                         do_sample=False, pad_token_id=0, eos_token_id=list(chat._stop_ids))
-    expected = m.tokenizer.decode(ref[0, len(enc.ids):], skip_special_tokens=True)
+    ref = m.frozen_generate([enc], 12, chat._stop_ids, min_new_tokens=12)[0]
+    expected = m.tokenizer.decode(ref, skip_special_tokens=True).split("\n")[0]
     assert text == expected and len(text) > 0
 
 
@@ -324,12 +327,13 @@ def test_user_text_never_becomes_a_special_token(clip):
     # the tokenizer alone would parse these as special tokens
     raw = m.tokenizer(hostile, add_special_tokens=False)["input_ids"]
     assert m.specials.ret in raw and m.specials.ids[IMG] in raw
+    n = len(m.builder.preamble())  # the few-shot exemplars' <ret></ret> are StickerLLM's own
     enc = m.builder.encode([{"role": "user", "content": hostile}])
-    assert all(s == -1 for s in enc.special) and all(s == -1 for s in enc.slot)
-    assert not set(m.specials.ids) & set(enc.ids)
+    assert all(s == -1 for s in enc.special[n:]) and all(s == -1 for s in enc.slot)
+    assert not set(m.specials.ids) & set(enc.ids[n:])
     # with pret on, the only special is the one StickerLLM placed
     enc = m.builder.encode([{"role": "user", "content": hostile}], pret=True)
-    assert [s for s in enc.special if s >= 0] == [PRET]
+    assert [s for s in enc.special[n:] if s >= 0] == [PRET]
     # and a chat with that text yields no retrieval on its own
     events = list(StickerChat(m).chat_stream(hostile, settings=ChatSettings(temperature=0, max_new_tokens=4)))
     assert not any(isinstance(e, Retrieval) for e in events)
@@ -375,7 +379,7 @@ def test_sampling_is_seeded_and_settings_are_checked(clip):
         with pytest.raises(ValueError, match=list(bad)[0]):
             list(chat.chat_stream("你好", settings=ChatSettings(**bad)))
     long = chat.encode("好" * 50_000, settings=ChatSettings(max_message_chars=100))[0]
-    assert len(long) < 150
+    assert len(long) - len(m.builder.preamble()) < 150
 
 
 def test_chat_refuses_an_index_of_another_stickerclip(clip, planted_index):
@@ -392,7 +396,7 @@ def test_static_cache_decoding_equals_dynamic(family, clip):
     m = make(family, clip)
     s = ChatSettings(temperature=0.0, max_new_tokens=10, min_new_tokens=10)
     dynamic = [e for e in StickerChat(m).chat_stream("讲个笑话", settings=s)][-1]
-    static_chat = StickerChat(m, decoder=StaticDecoder(m, max_len=64))
+    static_chat = StickerChat(m, decoder=StaticDecoder(m, max_len=len(m.builder.preamble()) + 64))
     static = [e for e in static_chat.chat_stream("讲个笑话", settings=s)][-1]
     again = [e for e in static_chat.chat_stream("讲个笑话", settings=s)][-1]  # the cache is reset
     assert static.reply == dynamic.reply == again.reply and static.tokens == 10
@@ -410,12 +414,102 @@ def test_batched_greedy_matches_one_at_a_time(family, clip):
     msgs = ["你好", "请介绍一下你自己，越详细越好", "1+1=?"]
     encs = [chat.encode(x)[0] for x in msgs]
     feats = [None, None, None]
-    res = greedy_batch(m, encs, feats, max_new_tokens=6, stop_ids=[])
     s = ChatSettings(temperature=0.0, max_new_tokens=6)
-    for x, r in zip(msgs, res):
+    stop = m.builder.format.stop_text
+    res = greedy_batch(m, encs, feats, max_new_tokens=6, stop_ids=[], stop_text=stop, guard=s, users=msgs)
+    for x, r in zip(msgs, res):  # the chat's guards, in a batch
         one = [e for e in chat.chat_stream(x, settings=s)][-1]
-        assert not r["ret"] and len(r["tokens"]) == 6
-        assert m.tokenizer.decode(r["tokens"], skip_special_tokens=True) == one.reply
+        assert not r["ret"] and 0 < len(r["tokens"]) <= 6
+        assert m.tokenizer.decode(r["tokens"], skip_special_tokens=True).split(stop)[0] == one.reply
     # force_ret appends <ret> and returns a unit query for every prompt
     res = greedy_batch(m, encs, feats, max_new_tokens=2, stop_ids=[], force_ret=True)
     assert all(r["query"] is not None and abs(np.linalg.norm(r["query"]) - 1) < 1e-5 for r in res)
+
+
+# ------------------------------------------------------------------------------ decoding guards
+def _trigrams(ids):
+    grams = list(zip(ids, ids[1:], ids[2:]))
+    return len(grams) - len(set(grams))
+
+
+def test_guards_stop_repetition_and_keep_the_users_script(clip):
+    from stickerllm.chat import Guards, ScriptTable, script_table
+
+    m = make("gemma", clip)
+    chat = StickerChat(m)
+    table = script_table(m)
+    tok = m.tokenizer
+    kana, han, latin = (tok.convert_tokens_to_ids(t) for t in ("の", "好", "hello"))
+    zh, en = table.mask_for("今天好累"), table.mask_for("so tired")
+    assert zh[han] == 0 and zh[kana] == float("-inf") and zh[latin] == float("-inf")
+    assert en[latin] == 0 and en[han] == float("-inf") and en[kana] == float("-inf")
+    assert table.mask_for("😀")[han] == 0 == table.mask_for("😀")[latin]  # no letters: Han and Latin
+    assert ScriptTable._script("ア") == 2 and ScriptTable._script("é") == 0
+
+    def reply_ids(msg, **kw):
+        s = ChatSettings(temperature=0.0, max_new_tokens=40, min_new_tokens=40, **kw)
+        done = [e for e in chat.chat_stream(msg, settings=s)][-1]
+        return done, m.builder.text(done.reply)
+
+    loose, loose_ids = reply_ids("讲个故事", **NO_GUARDS)
+    assert _trigrams(loose_ids) > 0  # the tiny random model loops without the guards
+    guarded, ids = reply_ids("讲个故事")
+    assert _trigrams(ids) == 0
+    assert all(ScriptTable._script(c) == 1 for c in guarded.reply if c.isalpha())
+    english, _ = reply_ids("tell me a story")
+    assert not any(ScriptTable._script(c) == 1 for c in english.reply if c.isalpha())
+    # one sticker gallery per reply, and no line break before the reply says something
+    g = Guards(m, ChatSettings(), "hi", "\n")
+    logits = torch.zeros(m.vocab_width)
+    assert g(logits, "")[table.breaks].eq(float("-inf")).all() and g(logits, "好")[table.breaks].eq(0).all()
+    assert g(logits, "")[m.specials.ret] == 0
+    g.add(m.specials.ret)
+    assert g(logits, "")[m.specials.ret] == float("-inf")
+
+
+def test_few_shot_preamble_is_a_shared_prefix_with_retrievals_in_its_exemplars(clip):
+    from stickerllm.prompt import PREAMBLE
+
+    m = make("llama", clip)
+    b = m.builder
+    assert b.format.kind == "fewshot" and b.format.stop_text == "\n"
+    pre = b.preamble()
+    one = b.encode([{"role": "user", "content": "哭"}])
+    two = b.encode([{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
+                    {"role": "user", "content": "猫", "images": 1}], pret=True)
+    assert one.ids[:len(pre)] == two.ids[:len(pre)] == pre.ids and one.special[:len(pre)] == pre.special
+    sent = sum("<ret></ret>" in reply for _, reply in PREAMBLE)
+    assert [s for s in pre.special if s >= 0] == [RET, END_RET] * sent and sent >= 3
+    assert m.tokenizer.decode(one.ids[len(pre):]).replace(" ", "").endswith("用户：哭助手：")
+    # a model with its own chat template keeps it, and has no preamble
+    m.tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    m.set_prompt("auto")
+    assert m.builder.format.kind == "tokenizer" and len(m.builder.preamble()) == 0
+    with pytest.raises(ValueError, match="prompt style"):
+        m.set_prompt("chatty")
+
+
+def test_query_layer_reads_the_state_of_that_layer(clip, tmp_path):
+    import json
+
+    from stickerllm.chat import DynamicDecoder, greedy_batch
+
+    m = make("gemma", clip)
+    m.config.query_layer = 2
+    prompt = m.builder.encode([{"role": "user", "content": "来个猫"}])
+    enc = m.builder.encode([{"role": "user", "content": "来个猫"}])
+    enc.extend([m.specials.ret], special=RET)
+    layers = m.hidden_states(m.batch([(enc, len(enc) - 1)], [None]), layers=True)
+    want = m.query(layers[2][0, -1:])[0]
+    assert not torch.allclose(want, m.query(layers[-1][0, -1:])[0])  # another layer, another query
+    got = greedy_batch(m, [prompt], [None], 0, stop_ids=[], force_ret=True)[0]["query"]
+    assert np.allclose(got, want.numpy(), atol=1e-4)
+    d = DynamicDecoder(m)
+    d.start(m.embed(*(torch.tensor([x]) for x in (prompt.ids, prompt.special, prompt.slot))))
+    assert torch.allclose(m.query(d.step(m.specials.ret, RET, query=True))[0], want, atol=1e-4)
+    m.save(tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert cfg["query_layer"] == 2 and cfg["prompt"] == "auto"
+    llm, tok = tiny_llm("gemma")
+    with pytest.raises(ValueError, match="query_layer"):
+        StickerLLM(llm, tok, StickerLLMConfig(llm="tiny", clip="tiny", query_layer=99), clip=clip)
