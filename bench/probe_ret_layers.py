@@ -8,7 +8,8 @@ hidden state there, at every `--layers` layer, is mapped to StickerCLIP's image 
 regression (features standardised; λ picked on the last 300 training stickers, or a fifth of
 them), fit on the train split and scored on the test split: T2I MR against the test stickers, next
 to the shipped W_t on the last layer and StickerCLIP's own text tower. Prints a table and one JSON line. Evidence for
-what limits retrieval, not a training recipe: the adapter's query is the last layer's state.
+what limits retrieval, not a training recipe: the adapter reads its query after `query_layer`, which
+`train.refit_decision --layers` chooses.
 """
 from __future__ import annotations
 

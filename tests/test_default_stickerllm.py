@@ -42,3 +42,13 @@ def test_eval_reproduces_the_published_quick_eval(open_corpus):
         want["general_unchanged"]["n"] + 1e-6
     for part in ("t2i", "i2i", "stickerclip_t2i"):
         assert abs(got["retrieval"][part]["MR"] - want["retrieval"][part]["MR"]) <= 1.0, part
+    # natural prompts through the chat itself (few-shot prompt, guards, the app's gallery)
+    assert got["prompt"] == want["prompt"] == "fewshot" and got["query_layer"] == want["query_layer"]
+    for t, row in want["natural"].items():
+        if t == "guards":
+            continue
+        mine = got["natural"][t]
+        for key, n, per in (("requests_retrieve", "n_requests", 1), ("others_do_not", "n_others", 1),
+                            ("relevance_top4", "n_judged", 4)):  # one prompt: its retrieval, or its top 4
+            assert abs(mine[key] - row[key]) <= per * 100.0 / max(1, row[n]) + 1e-6, (t, key)
+        assert mine["replies_no_repeats"] == row["replies_no_repeats"] and mine["replies_in_script"] == 100.0

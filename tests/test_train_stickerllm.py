@@ -5,6 +5,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from stickerclip.data import StickerRecord, write_jsonl
+from stickerllm.chat import ChatSettings
 from tests.tinymodels import save_tiny_llm_and_clip
 from train import build_instructions, eval_stickerllm, train_stickerllm
 
@@ -143,21 +144,21 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
         encs = [model.builder.encode([{"role": "user", "content": t, "images": len(ims)}], pret=p)
                 for t, ims, p in prompts]
         feats = [model.encode_images([by_id[i] for i in ims]) if ims else None for _, ims, _ in prompts]
-        real = [r["ret"] for r in greedy_batch(model, encs, feats, tokens, model.builder.format.stop_ids)]
+        real = [r["ret"] for r in greedy_batch(model, encs, feats, tokens, model.builder.format.stop_ids,
+                                               stop_text=model.builder.format.stop_text, guard=ChatSettings(),
+                                               users=[t for t, _, _ in prompts])]  # as the chat decodes
         assert predicted == real
-    with torch.no_grad():  # general replies with <ret> banned are the frozen LLM's own
-        enc = model.builder.encode([{"role": "user", "content": neg[0][0]}])
-        ids = torch.tensor([enc.ids])
-        plain = model.llm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
-                                   min_new_tokens=4, do_sample=False, pad_token_id=model.builder.pad_id)
+    # general replies with <ret> banned (and no guards) are the frozen LLM's own
+    enc = model.builder.encode([{"role": "user", "content": neg[0][0]}])
+    plain = model.frozen_generate([enc], 4, (), min_new_tokens=4)[0]
     mine = greedy_batch(model, [enc], [None], 4, stop_ids=(), allow_ret=False)[0]["tokens"]
-    assert mine == plain[0, len(enc.ids):].tolist()
+    assert mine == plain
 
     # --skip-row --refit-wt: only W_t changes, fit on states at a first-position <ret>
     d = refit_decision.main(["--model", str(tmp_path / "b")] + args[2:5] + [str(tmp_path / "d")] + args[6:] +
                             ["--skip-row", "--refit-wt", "30"])
     fit = d["refit_w_t"]
-    assert fit["examples"] == 30 and f"{fit['penalty']:g}" in fit["held_out_mr_by_penalty"]
+    assert fit["examples"] == 30 and fit["query_layer"] == 0 and set(fit["held_out_mr_by_layer"]) == {"0"}
     refit_model = sllm.load(tmp_path / "d", device="cpu")
     assert torch.equal(refit_model.tok_out, model.tok_out) and not torch.equal(refit_model.w_t.weight, model.w_t.weight)
     assert json.loads((tmp_path / "d" / "config.json").read_text())["extra"]["refit_w_t_first_ret"] == fit
@@ -165,6 +166,11 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
     r = greedy_batch(refit_model, [enc], [None], 0, refit_model.builder.format.stop_ids, force_ret=True)[0]
     with torch.no_grad():
         assert torch.allclose(torch.from_numpy(r["query"]), refit_model.query(r["state"][None])[0], atol=1e-5)
+        # the states W_t is fit on (the preamble's KV cache shared) are those of the whole sequence
+        shared = refit_decision.first_ret_states(refit_model, [(pos[0][0], [], True)], by_id, 4)
+        enc.extend([refit_model.specials.ret], special=refit_decision.RET)
+        whole = refit_model.hidden_states(refit_model.batch([(enc, len(enc) - 1)], [None]), query=True)[1][0, -1]
+        assert torch.allclose(shared[0], whole, atol=1e-4) and torch.allclose(shared[0], r["state"], atol=1e-4)
 
     clash = tmp_path / "clash.jsonl"
     held = build_instructions.general_instructions(part="eval")[0]

@@ -11,6 +11,13 @@
   on the same stickers and texts, and their MR ratio.
 - general answers unchanged: share of general instructions (no prefix) whose greedy reply is
   identical to the frozen LLM's own (`generate`).
+- natural prompts (train/data/natural_eval.jsonl, written by hand, never trained on: half sticker
+  requests, half not, zh and en): full chat replies through `StickerChat` with the app's default
+  settings, greedy and sampled (`--natural-temps`), searching the app's gallery (`--gallery`).
+  Tool selection (requests that retrieve, others that do not); relevance (the share of the top 4
+  stickers whose words, i.e. description, caption and emotion labels, carry a word the request asks
+  for); replies (no token 3-gram more than twice; letters only in the user's scripts); and the
+  first replies verbatim. `--prompt` and `--no-guards` measure an older recipe as a baseline row.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -43,7 +51,14 @@ def parse_args(argv=None):
     ap.add_argument("--general-tokens", type=int, default=48, help="max new tokens of general replies")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: tool, retrieval, general")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: tool, retrieval, general, natural")
+    ap.add_argument("--n-natural", type=int, default=None, help="natural prompts (default: all; evenly spaced)")
+    ap.add_argument("--natural-temps", default="0,0.7", help="temperatures of the natural replies")
+    ap.add_argument("--natural-tokens", type=int, default=64, help="max new tokens of a natural reply (the app's)")
+    ap.add_argument("--gallery", default=None, help="gallery folder (all.jsonl) searched by natural prompts "
+                                                    "(default: the app's)")
+    ap.add_argument("--prompt", default=None, help="override the adapter's prompt style (stickerllm.prompt.STYLES)")
+    ap.add_argument("--no-guards", action="store_true", help="natural replies without the decoding guards")
     return ap.parse_args(argv)
 
 
@@ -65,7 +80,8 @@ def _batched(model, encs, feats, batch_size: int, **kw) -> list[dict]:
 
     out = []
     for i in range(0, len(encs), batch_size):
-        out += greedy_batch(model, encs[i:i + batch_size], feats[i:i + batch_size], stop_ids=_stop_ids(model), **kw)
+        out += greedy_batch(model, encs[i:i + batch_size], feats[i:i + batch_size], stop_ids=_stop_ids(model),
+                            stop_text=model.builder.format.stop_text, **kw)
     return out
 
 
@@ -109,37 +125,103 @@ def tool_selection(model, records, n: int, max_new_tokens: int, seed: int = 0, b
 
 def general(model, rows, max_new_tokens: int, batch_size: int = 16) -> dict:
     """Table 4 (a) and answers unchanged: greedy replies to general instructions with StickerLLM and
-    with the frozen LLM's own `generate` (the same left-padded batches), token for token."""
-    import torch
-
+    with the frozen LLM's own `generate` (the same left-padded batches), as shown (up to the end of
+    the turn)."""
     encs, feats = _prompts(model, [(r["instruction"], [], False) for r in rows], {})
     mine = _batched(model, encs, feats, batch_size, max_new_tokens=max_new_tokens)
-    stop = set(_stop_ids(model))
     base = []
     for i in range(0, len(encs), batch_size):
-        chunk = encs[i:i + batch_size]
-        T = max(len(e) for e in chunk)
-        ids = torch.full((len(chunk), T), model.builder.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, e in enumerate(chunk):
-            ids[j, T - len(e):] = torch.tensor(e.ids)
-            mask[j, T - len(e):] = 1
-        with torch.inference_mode():
-            out = model.llm.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                                     max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(stop),
-                                     pad_token_id=model.builder.pad_id)
-        for row in out[:, T:].tolist():
-            cut = next((k for k, t in enumerate(row) if t in stop), len(row))
-            base.append(row[:cut])
+        base += model.frozen_generate(encs[i:i + batch_size], max_new_tokens, _stop_ids(model))
+    stop_text = model.builder.format.stop_text
+
+    def said(tokens):  # the reply as shown: up to the end of its turn
+        text = model.tokenizer.decode(tokens, skip_special_tokens=True)
+        return text.split(stop_text)[0] if stop_text else text
+
     no_ret = sum(not m["ret"] for m in mine)
-    same = sum((not m["ret"]) and m["tokens"] == b for m, b in zip(mine, base))
-    differing = [{"id": r["id"], "ret": m["ret"],
-                  "stickerllm": model.tokenizer.decode(m["tokens"], skip_special_tokens=True),
-                  "base": model.tokenizer.decode(b, skip_special_tokens=True)}
-                 for r, m, b in zip(rows, mine, base) if m["ret"] or m["tokens"] != b][:5]
+    same = sum((not m["ret"]) and said(m["tokens"]) == said(b) for m, b in zip(mine, base))
+    differing = [{"id": r["id"], "ret": m["ret"], "stickerllm": said(m["tokens"]), "base": said(b)}
+                 for r, m, b in zip(rows, mine, base) if m["ret"] or said(m["tokens"]) != said(b)][:5]
     n = max(1, len(rows))
     return {"a": {"accuracy": round(100.0 * no_ret / n, 2), "n": len(rows)},
             "unchanged": {"identical": round(100.0 * same / n, 2), "n": len(rows), "differing": differing}}
+
+
+def sticker_words(hit) -> str:
+    """What a gallery sticker is known as, lower case: description, caption, emotion labels."""
+    from stickerclip import labels
+
+    parts = [hit.description or "", hit.ocr or ""]
+    for e in list(hit.emotions or []) + list(hit.auto_emotions or []):
+        try:
+            lab = labels.emotion(e)
+        except (KeyError, ValueError):
+            continue
+        parts += [lab.key, lab.zh, lab.en, *lab.aliases]
+    return " ".join(parts).lower()
+
+
+def repeats_ok(model, text: str, most: int = 2) -> bool:
+    """No token 3-gram of `text` occurs more than `most` times."""
+    ids = model.builder.text(text)
+    counts: dict = {}
+    for g in zip(ids, ids[1:], ids[2:]):
+        counts[g] = counts.get(g, 0) + 1
+    return max(counts.values(), default=0) <= most
+
+
+def script_ok(user: str, reply: str) -> bool:
+    """Every letter of `reply` is in a script the user wrote in (Han and Latin when the user wrote
+    no letters)."""
+    from stickerllm.chat import ScriptTable
+
+    allowed = {ScriptTable._script(c) for c in user if c.isalpha()} or {0, 1}
+    return all(ScriptTable._script(c) in allowed for c in reply if c.isalpha())
+
+
+def natural(model, index, rows, settings, top: int = 4) -> dict:
+    """Chat replies to the natural prompts `rows` with `settings`: tool selection, relevance of the
+    top `top` stickers, reply checks, and the replies themselves."""
+    from stickerllm.chat import Done, Retrieval, StickerChat, TextChunk
+
+    chat = StickerChat(model, index)
+    out = []
+    for i, r in enumerate(rows):
+        text, hits = [], []
+        done = None
+        for e in chat.chat_stream(r["text"], settings=replace(settings, seed=i)):
+            if isinstance(e, TextChunk):
+                text.append(e.text)
+            elif isinstance(e, Retrieval):
+                hits += e.hits
+            elif isinstance(e, Done):
+                done = e
+        reply = "".join(text).strip()
+        want = [w.lower() for w in r.get("want") or []]
+        fits = [any(w in sticker_words(h) for w in want) for h in hits[:top]]
+        out.append({"id": r["id"], "text": r["text"], "sticker": r["sticker"], "reply": reply,
+                    "retrieved": done is not None and bool(done.stickers), "fits": fits,
+                    "stickers": [(h.description or h.id)[:30] for h in hits[:top]],
+                    "repeats_ok": repeats_ok(model, reply), "script_ok": script_ok(r["text"], reply)})
+    req = [o for o in out if o["sticker"]]
+    other = [o for o in out if not o["sticker"]]
+    judged = [f for o in req if o["retrieved"] for f in o["fits"]]
+    pct = lambda xs: round(100.0 * sum(xs) / max(1, len(xs)), 2)  # noqa: E731
+    return {"requests_retrieve": pct([o["retrieved"] for o in req]), "n_requests": len(req),
+            "others_do_not": pct([not o["retrieved"] for o in other]), "n_others": len(other),
+            "relevance_top4": pct(judged), "n_judged": len(judged),
+            "replies_no_repeats": pct([o["repeats_ok"] for o in out]),
+            "replies_in_script": pct([o["script_ok"] for o in out]),
+            "missed": [o["text"] for o in req if not o["retrieved"]],
+            "retrieved_unasked": [o["text"] for o in other if o["retrieved"]],
+            "replies": [{k: o[k] for k in ("text", "reply", "stickers", "fits")} for o in out[:12]]}
+
+
+def _spread(rows: list, n: int | None) -> list:
+    """`n` of `rows`, evenly spaced (all when n is None)."""
+    if n is None or n >= len(rows):
+        return rows
+    return [rows[round(k * (len(rows) - 1) / max(1, n - 1))] for k in range(n)] if n > 1 else rows[:1]
 
 
 def main(argv=None) -> dict:
@@ -156,7 +238,10 @@ def main(argv=None) -> dict:
     if not records:
         raise SystemExit(f"{args.data}: no usable records")
     model = load(args.model, llm=args.llm, clip=args.clip, device=args.device)
-    result = {"model": str(args.model), "data": str(args.data), "split": args.split}
+    if args.prompt:
+        model.set_prompt(args.prompt)
+    result = {"model": str(args.model), "data": str(args.data), "split": args.split,
+              "prompt": model.builder.format.kind, "query_layer": model.config.query_layer}
     if "tool" not in skip:
         result["tool_selection"] = tool_selection(model, records, args.n_tool, args.tool_tokens, args.seed,
                                                   args.batch_size)
@@ -177,6 +262,19 @@ def main(argv=None) -> dict:
                                "stickerclip_t2i": ref, "t2i_mr_ratio": round(t2i["MR"] / max(ref["MR"], 1e-9), 3),
                                "emitted_ret": {"t2i": round(100 * own_t, 2), "i2i": round(100 * own_i, 2)},
                                "n": len(rec)}
+    if "natural" not in skip:
+        from stickerclip.gallery import GALLERY, default_index
+        from stickerllm.chat import ChatSettings
+        from train.natural import natural_eval
+
+        index = default_index(model.clip, args.gallery or GALLERY, log=lambda m: print(m, file=sys.stderr))
+        base = ChatSettings(repetition_penalty=1.0, no_repeat_ngram=0, same_script=False) if args.no_guards \
+            else ChatSettings()
+        rows = _spread(natural_eval(), args.n_natural)
+        base = replace(base, max_new_tokens=args.natural_tokens)
+        result["natural"] = {f"t{t:g}": natural(model, index, rows, replace(base, temperature=t))
+                             for t in (float(x) for x in args.natural_temps.split(",") if x.strip())}
+        result["natural"]["guards"] = not args.no_guards
     if "tool_selection" in result:
         result["tool_selection"] = dict(sorted(result["tool_selection"].items()))
     result["seconds"] = round(time.time() - t0, 1)

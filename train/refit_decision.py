@@ -9,16 +9,23 @@ computed once and the row alone is fit to margins s = `<ret>` logit - best other
 
 - positives: in-domain retrieval instructions over the training stickers (the paper's mix of
   kinds, `<pret>` with p 0.5): s > 0 at the answer's first position;
+  With a corpus' concepts (`--concepts`, concepts.json of train.build_multistyle), also natural
+  requests (train.natural: a word, a colloquial or indirect request, a mood; zh and en);
 - negatives: the training part of the general instructions (train/data/general_instructions.jsonl,
-  every third) and train/data/general_train_extra.jsonl, along the frozen LLM's own greedy reply
-  (`--tokens` positions, `<ret>` banned): s < 0 at every position (a soft maximum over them).
+  every third), train/data/general_train_extra.jsonl and natural non-requests (questions about
+  sticker subjects), along the reply the chat itself would give (its decoding guards, `<ret>`
+  banned, up to the end of the line or `--tokens` positions): s < 0 at every position (a soft
+  maximum over them).
 
 The loss is logistic in (margin - s) and (s + margin), positives and negatives weighted equally.
 Every fifth prompt of each side is held out and reports accuracy before and after. Held-out
 (out-of-domain) templates and the evaluation part of the general instructions are never used.
 
 With `--refit-wt N`, W_t is then refit (ridge, no bias) on N `<ret>` states taken where the row now
-emits `<ret>`: at the first answer position (`--skip-row` does only this).
+emits `<ret>`: at the first answer position (`--skip-row` does only this), plus the natural requests
+(targets: the mean image feature of the concepts asked for). With `--layers`, the query layer
+(`query_layer`) and the ridge penalty are chosen together by T2I MR on requests for concepts of the
+`--valid-split`, never trained on; StickerCLIP's own text tower is scored on the same queries.
 Needs output rows of the adapter's own (`--output-rows` in training, or an untied LLM head).
 """
 from __future__ import annotations
@@ -61,6 +68,17 @@ def parse_args(argv=None):
     ap.add_argument("--refit-wt", type=int, default=0,
                     help="then refit W_t (ridge, no bias) on this many first-position <ret> states (0: keep it)")
     ap.add_argument("--skip-row", action="store_true", help="keep <ret>'s output row as it is (with --refit-wt)")
+    ap.add_argument("--concepts", default=None,
+                    help="concepts.json for natural requests (default: DATA/concepts.json where it exists; '' for none)")
+    ap.add_argument("--natural", type=int, default=1200, help="natural requests, and as many non-requests")
+    ap.add_argument("--layers", default="",
+                    help="query layers to choose from with --refit-wt, e.g. 0,3,6,9 (0: the last; '': keep the adapter's)")
+    ap.add_argument("--valid-split", default="valid", help="records whose concepts choose the layer and penalty")
+    ap.add_argument("--contrastive-epochs", type=int, default=0,
+                    help="then refine W_t by InfoNCE against the distinct targets, up to this many epochs")
+    ap.add_argument("--distill", default="0",
+                    help="weights w to choose from (comma list): W_t's target is (1-w)·the image target + w·StickerCLIP's "
+                         "text feature of the message (its own text tower as a teacher)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--device", default=None)
@@ -74,7 +92,8 @@ def log(msg: str) -> None:
 def _states_key(model, prompts, tokens: int) -> str:
     """What the states depend on: the LLM, the adapter's input side (not `<ret>`'s output row), the
     prompts and the reply length."""
-    h = hashlib.sha256(json.dumps([model.config.llm, model.config.clip_identity, tokens, prompts],
+    h = hashlib.sha256(json.dumps([model.config.llm, model.config.clip_identity, tokens, prompts,
+                                   model.builder.format.kind, model.builder.preamble().ids, "guarded"],
                                   ensure_ascii=False).encode())
     for name, t in sorted(model.adapter_state().items()):
         if name != "tok_out":
@@ -101,7 +120,7 @@ def decision_states(model, prompts: list[tuple[str, list, bool]], by_id: dict, t
 
 
 def _decision_states(model, prompts, by_id: dict, tokens: int, batch_size: int):
-    from stickerllm.chat import greedy_batch
+    from stickerllm.chat import ChatSettings, greedy_batch
 
     out, t0 = [], time.time()
     for start in range(0, len(prompts), batch_size):
@@ -118,7 +137,8 @@ def _decision_states(model, prompts, by_id: dict, tokens: int, batch_size: int):
                 mx[i].append(best[j].float().cpu())
 
         greedy_batch(model, encs, feats, max_new_tokens=tokens, stop_ids=model.builder.format.stop_ids,
-                     allow_ret=False, on_step=seen)
+                     allow_ret=False, on_step=seen, stop_text=model.builder.format.stop_text, guard=ChatSettings(),
+                     users=[text for text, _, _ in chunk])
         out += [(torch.stack(h), torch.stack(m)) for h, m in zip(hs, mx)]
     return out
 
@@ -200,22 +220,38 @@ def general_rows(extra: str) -> list[dict]:
     return rows
 
 
-def refit(model, records, args) -> dict:
+def natural_messages(concepts, args, rng):
+    """(requests, non-requests) of train.natural over `concepts`, none of them a held-out prompt."""
+    from train.natural import natural_eval, non_requests, requests
+
+    if not concepts:
+        return [], []
+    held_out = {r["text"] for r in natural_eval()}
+    pos = [m for m in requests(concepts, args.natural, rng) if m.text not in held_out]
+    neg = [m for m in non_requests(concepts, args.natural, rng) if m.text not in held_out]
+    return pos, neg
+
+
+def refit(model, records, args, concepts=None) -> dict:
     """Fit `<ret>`'s output row in place; returns what was measured."""
     if model.tok_out is None:
         raise SystemExit("refit_decision needs output rows of the adapter's own (--output-rows or an untied head)")
     t0 = time.time()
     rng = random.Random(args.seed)
     by_id = {r.id: r for r in records}
-    pos_prompts = prompts_for(records, args.positives, rng)
+    nat_pos, nat_neg = natural_messages(concepts, args, random.Random(args.seed + 7))
+    pos_prompts = prompts_for(records, args.positives, rng) + [(m.text, [], False) for m in nat_pos]
     general = general_rows(args.extra)
     rng.shuffle(general)
-    neg_prompts = [(r["instruction"], [], False) for r in general]
-    log(f"{len(pos_prompts)} retrieval and {len(neg_prompts)} general instructions")
+    neg_prompts = [(r["instruction"], [], False) for r in general] + [(m.text, [], False) for m in nat_neg]
+    rng.shuffle(pos_prompts)
+    rng.shuffle(neg_prompts)
+    log(f"{len(pos_prompts)} retrieval ({len(nat_pos)} natural) and {len(neg_prompts)} other messages "
+        f"({len(nat_neg)} natural)")
     pos = decision_states(model, pos_prompts, by_id, 1, args.batch_size, cache=True)
     log(f"positives' states in {time.time() - t0:.0f}s")
     neg = decision_states(model, neg_prompts, by_id, args.tokens, args.batch_size, cache=True)
-    log(f"general replies' states ({sum(len(m) for _, m in neg)} positions) in {time.time() - t0:.0f}s")
+    log(f"other replies' states ({sum(len(m) for _, m in neg)} positions) in {time.time() - t0:.0f}s")
     cap = getattr(model.llm.config.get_text_config(), "final_logit_softcapping", None)
 
     def part(xs, held):
@@ -229,63 +265,170 @@ def refit(model, records, args) -> dict:
     after = {"fit": fit.accuracy(row), "held_out": valid.accuracy(row)}
     with torch.no_grad():
         model.tok_out[RET].copy_(row.to(model.tok_out.dtype))
-    res = {"positives": len(pos), "general": len(neg), "general_extra": Path(args.extra).name if args.extra else None,
+    res = {"positives": len(pos), "general": len(neg), "natural": [len(nat_pos), len(nat_neg)],
+           "general_extra": Path(args.extra).name if args.extra else None,
            "tokens": args.tokens, "margin": args.margin, "temperature": args.temperature, "steps": args.steps,
            "lr": args.lr, "seed": args.seed, "before": before, "after": after, "seconds": round(time.time() - t0)}
     log(f"accuracy before {before} -> after {after}")
     return res
 
 
-def first_ret_states(model, prompts, by_id: dict, batch_size: int) -> torch.Tensor:
-    """(N, H) final hidden states at `<ret>` placed at the first answer position of each prompt: where
-    the refit row now emits it, so where every query comes from."""
-    from stickerllm.chat import greedy_batch
+@torch.no_grad()
+def first_ret_states(model, prompts, by_id: dict, batch_size: int, layers: bool = False):
+    """States at `<ret>` placed at the first answer position of each prompt (where the refit row now
+    emits it, so where every query comes from): (N, H) of the query layer, or with `layers` (L+1, N, H)
+    of every layer."""
+    from stickerllm.chat import _with_prefix
 
     out = []
     for start in range(0, len(prompts), batch_size):
         encs, feats = _prompts(model, prompts[start:start + batch_size], by_id)
-        res = greedy_batch(model, encs, feats, max_new_tokens=0, stop_ids=model.builder.format.stop_ids,
-                           force_ret=True)
-        out += [r["state"] for r in res]
-    return torch.stack(out)
+        for e in encs:
+            e.extend([model.specials.ret], special=RET)
+        P, cache, rest = _with_prefix(model, encs)  # the shared preamble is run once
+        b = model.batch([(e, len(e) - 1) for e in rest], feats)
+        b["attention_mask"] = torch.cat([torch.ones(len(rest), P, dtype=torch.long), b["attention_mask"]], 1)
+        T = b["ids"].shape[1]
+        kw = {"past_key_values": cache, "position_ids": torch.arange(P, P + T).expand(len(rest), T)} if P else {}
+        at = (torch.arange(len(encs)), b["ret_pos"])
+        if layers:
+            hs = model.hidden_states(b, layers=True, **kw)
+            out.append(torch.stack([h[at].float().cpu() for h in hs]))
+        else:
+            out.append(model.hidden_states(b, query=True, **kw)[1][at].float().cpu())
+    return torch.cat(out, dim=1 if layers else 0)
 
 
-def refit_w_t(model, records, args) -> dict:
+def _concept_targets(model, records, messages):
+    """(N, d) targets of natural requests: the normalised mean image feature of the concepts' records."""
+    from train.train_stickerllm import image_features
+
+    rows: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        rows.setdefault(getattr(r, "concept", "") or r.id, []).append(i)
+    feats = torch.from_numpy(image_features(model.clip, records, log)).float()
+    keep, ys = [], []
+    for k, m in enumerate(messages):
+        idx = [i for c in m.concepts for i in rows.get(c, [])]
+        if idx:
+            keep.append(k)
+            ys.append(F.normalize(feats[idx].mean(0), dim=-1))
+    return keep, (torch.stack(ys) if ys else torch.zeros(0, feats.shape[1]))
+
+
+def _contrastive(W, H, Y, held_mr, start_mr: float, epochs: int, scale: float):
+    """Refine a ridge W_t (H -> d) by InfoNCE of each state's query against every distinct target
+    (the loss the query is used for), keeping the epoch with the best held-out MR -> (W, MR, epoch)."""
+    if epochs <= 0:
+        return W, start_mr, 0
+    first: dict[bytes, tuple[int, int]] = {}  # target -> (its bank row, the first example with it)
+    labels = torch.tensor([first.setdefault(y.numpy().tobytes(), (len(first), i))[0] for i, y in enumerate(Y)])
+    bank = Y[[i for _, i in first.values()]]
+    W = W.clone().requires_grad_(True)
+    opt = torch.optim.Adam([W], lr=0.02 * float(W.detach().abs().mean()))
+    best, g = (start_mr, W.detach().clone(), 0), torch.Generator().manual_seed(0)
+    for epoch in range(1, epochs + 1):
+        for idx in torch.randperm(len(H), generator=g).split(256):
+            loss = F.cross_entropy(scale * F.normalize(H[idx] @ W, dim=-1) @ bank.T, labels[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        score = held_mr(W.detach())
+        if score > best[0]:
+            best = (score, W.detach().clone(), epoch)
+        elif epoch - best[2] >= 5:
+            break
+    return best[1], best[0], best[2]
+
+
+def refit_w_t(model, records, args, concepts=None, valid_records=()) -> dict:
     """W_t (no bias) by ridge regression of first-position `<ret>` states onto the targets' image
-    features, over instructions of the paper's mix; the penalty is picked on a held-out fifth by
-    paired MR (mean of R@1/5/10 of each query's own target among the held-out ones)."""
+    features, over instructions of the paper's mix and natural requests. The penalty (and, with
+    `--layers`, the query layer) is picked by T2I MR on held-out queries: natural requests for the
+    concepts of `valid_records` where there are any (each its own concept; StickerCLIP's text tower
+    scored on the same), else a held-out fifth of the training queries."""
     from stickerclip.metrics import paired_ranks, recall_from_ranks
+    from train.natural import requests
     from train.train_stickerllm import ridge_fit
 
     t0 = time.time()
     rng = random.Random(args.seed + 1)
-    by_id = {r.id: r for r in records}
+    by_id = {r.id: r for r in list(records) + list(valid_records)}
     targets = [rng.choice(records) for _ in range(args.refit_wt)]
     prompts = []
     for r in targets:
         ins = make(draw_kind(rng), r, records, rng, "in")
         prompts.append((ins.instruction, ins.images, ins.pret))
-    H = first_ret_states(model, prompts, by_id, args.batch_size)
     Y = torch.from_numpy(model.clip.encode_images(targets)).float()
-    held = torch.arange(len(H)) % 5 == 4
-    scale = float((H[~held] ** 2).sum(1).mean())
+    nat_pos, _ = natural_messages(concepts, args, random.Random(args.seed + 8))
+    train_keys = {getattr(r, "concept", "") for r in records}
+    keep, Yn = _concept_targets(model, records, [m for m in nat_pos if set(m.concepts) <= train_keys])
+    nat_train = [m for m in nat_pos if set(m.concepts) <= train_keys]
+    prompts += [(nat_train[k].text, [], False) for k in keep]
+    Y = torch.cat([Y, Yn])
+    texts = [p[0] if not p[1] else "" for p in prompts]  # the teacher reads messages that carry no sticker
+    T_ = torch.from_numpy(model.clip.encode_texts([t or "-" for t in texts])).float()
+    has_text = torch.tensor([bool(t) for t in texts])[:, None]
+    valid_concepts = {getattr(r, "concept", "") for r in valid_records} - {""}
+    if concepts and valid_concepts:
+        vc = {k: v for k, v in concepts.items() if k in valid_concepts}
+        vmsgs, seen = [], set()
+        for m in requests(vc, 4 * len(vc), random.Random(args.seed + 9)):
+            if len(m.concepts) == 1 and m.concepts[0] not in seen:
+                seen.add(m.concepts[0])
+                vmsgs.append(m)
+        vkeep, Yv = _concept_targets(model, list(valid_records), vmsgs)
+        vmsgs = [vmsgs[k] for k in vkeep]
+        vprompts = [(m.text, [], False) for m in vmsgs]
+    else:
+        vmsgs, vprompts, Yv = [], [], None
+    layer_list = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else [model.config.query_layer]
+    n_layers = model.llm.config.get_text_config().num_hidden_layers
+    states = first_ret_states(model, prompts + vprompts, by_id, args.batch_size, layers=True)  # (L+1, N, H)
+    n = len(prompts)
+    if vprompts:
+        fit_rows, held_rows, Yh = torch.arange(n), torch.arange(n, n + len(vprompts)), Yv
+    else:
+        held = torch.arange(n) % 5 == 4
+        fit_rows, held_rows, Yh = torch.arange(n)[~held], torch.arange(n)[held], Y[held]
 
-    def mr(W, rows):
-        q = F.normalize(H[rows] @ W, dim=-1).numpy()
-        return recall_from_ranks(paired_ranks(q, Y[rows].numpy()))["MR"]
+    def mr(W, H):
+        return recall_from_ranks(paired_ranks(F.normalize(H @ W, dim=-1).numpy(), Yh.numpy()))["MR"]
 
-    def as_w(W):
-        return W.T.to(model.w_t.weight.dtype).to(model.w_t.weight.device)
+    def target(w):
+        return F.normalize(torch.where(has_text, (1 - w) * Y + w * T_, Y), dim=-1)[fit_rows]
 
+    weights = [float(x) for x in args.distill.split(",") if x.strip()] or [0.0]
+    scores = {}
     with torch.no_grad():
-        before = mr(model.w_t.weight.detach().float().cpu().T, held)
-        scores = {c: mr(ridge_fit(H[~held], Y[~held], c * scale), held) for c in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
-        c = max(scores, key=scores.get)
-        model.w_t.weight.copy_(as_w(ridge_fit(H, Y, c * scale)))
-    res = {"examples": len(H), "held_out_mr_before": before,
-           "held_out_mr_by_penalty": {f"{k:g}": v for k, v in scores.items()},
-           "penalty": c, "seconds": round(time.time() - t0)}
-    log(f"W_t refit on {len(H)} first-position <ret> states: held-out MR {before} -> {scores[c]} (penalty {c})")
+        for layer in layer_list:
+            H = states[layer if layer else n_layers]
+            scale = float((H[fit_rows] ** 2).sum(1).mean())
+            for c in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
+                for w in weights:
+                    scores[(layer, c, w)] = mr(ridge_fit(H[fit_rows], target(w), c * scale), H[held_rows])
+        layer, c, w = max(scores, key=scores.get)
+        H = states[layer if layer else n_layers]
+        scale = float((H[fit_rows] ** 2).sum(1).mean())
+        W = ridge_fit(H[fit_rows], target(w), c * scale)
+    ridge_mr = scores[(layer, c, w)]
+    W, best_mr, epoch = _contrastive(W, H[fit_rows], target(w), lambda W_: mr(W_, H[held_rows]), ridge_mr,
+                                     args.contrastive_epochs, float(model.logit_scale.detach().exp().clamp(max=100)))
+    with torch.no_grad():
+        model.config.query_layer = layer
+        model.w_t.weight.copy_(W.T.to(model.w_t.weight.dtype).to(model.w_t.weight.device))
+    res = {"examples": n, "natural": len(keep), "held_out": len(held_rows), "query_layer": layer, "penalty": c,
+           "distill": w, "ridge_held_out_mr": ridge_mr, "held_out_mr": best_mr, "contrastive_epochs": epoch,
+           "held_out_mr_by_layer": {str(k): max(v for (l2, _, _), v in scores.items() if l2 == k) for k in layer_list},
+           "held_out_mr_by_distill": {f"{k:g}": max(v for (_, _, w2), v in scores.items() if w2 == k) for k in weights},
+           "seconds": round(time.time() - t0)}
+    if vmsgs:
+        clip_q = model.clip.encode_texts([m.text for m in vmsgs])
+        res["stickerclip_text_mr"] = recall_from_ranks(paired_ranks(clip_q, Yh.numpy()))["MR"]
+    log(f"W_t refit on {n} first-position <ret> states ({len(keep)} natural): held-out MR by layer "
+        f"{res['held_out_mr_by_layer']}, by distillation weight {res['held_out_mr_by_distill']} -> layer {layer}, "
+        f"penalty {c}, weight {w}: {ridge_mr}; contrastive: {best_mr} (epoch {epoch}) "
+        f"(StickerCLIP text {res.get('stickerclip_text_mr')})")
     return res
 
 
@@ -301,12 +444,23 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{args.data}: need at least 2 usable records of split {args.split!r}")
     model = load(args.model, device=args.device)
     model.eval()
+    concepts = None
+    where = Path(args.data) / "concepts.json" if args.concepts is None else (Path(args.concepts) if args.concepts else None)
+    if where is not None and where.is_file():
+        from train.natural import load_concepts
+
+        concepts = load_concepts(where)
+    elif args.concepts:
+        raise SystemExit(f"{args.concepts}: no concepts.json")
+    valid = usable(list(read_records(args.data, split=args.valid_split, on_error=lambda e: None))) \
+        if args.refit_wt and args.valid_split else []
     res = {}
     if not args.skip_row:
-        res = refit(model, records, args)
+        res = refit(model, records, args, concepts)
         model.config.extra["refit_decision"] = res
     if args.refit_wt:
-        res["refit_w_t"] = model.config.extra["refit_w_t_first_ret"] = refit_w_t(model, records, args)
+        res["refit_w_t"] = model.config.extra["refit_w_t_first_ret"] = refit_w_t(model, records, args, concepts,
+                                                                              valid)
     model.save(args.out)
     print(json.dumps(res, ensure_ascii=False))
     return res

@@ -45,6 +45,10 @@ def parse_args(argv=None):
     ap.add_argument("--llm", default=EMBEDDED_LLM)
     ap.add_argument("--clip", default=str(DEFAULT_MODEL))
     ap.add_argument("--image-tokens", type=int, default=1)
+    ap.add_argument("--query-layer", type=int, default=0,
+                    help="the <ret> query is read after this layer (0: the last; train.refit_decision --layers chooses)")
+    ap.add_argument("--prompt", default="auto", help="chat format (stickerllm.prompt.STYLES; auto: the "
+                                                      "tokenizer's template, else few-shot)")
     ap.add_argument("--output-rows", action="store_true",
                     help="own output rows for the new tokens even when the LLM ties its head")
     ap.add_argument("--steps", type=int, default=400)
@@ -107,7 +111,8 @@ def general_answers(model, rows, max_tokens: int, log) -> list[tuple[str, str]]:
     """(instruction, the frozen LLM's greedy reply) for general instructions, cached per LLM."""
     from stickerllm.chat import ChatSettings, StickerChat
 
-    key = hashlib.sha256(json.dumps([model.config.llm, max_tokens, [r["id"] for r in rows]]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([model.config.llm, max_tokens, [r["id"] for r in rows], model.builder.format.kind,
+                                     model.builder.preamble().ids]).encode()).hexdigest()[:16]
     path = cache_dir() / "stickerllm-general" / f"{key}.jsonl"
     if path.is_file():
         return [tuple(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -117,7 +122,7 @@ def general_answers(model, rows, max_tokens: int, log) -> list[tuple[str, str]]:
     out = []
     for r in rows:
         enc, _, _ = chat.encode(r["instruction"], settings=s)
-        out.append((r["instruction"], base_reply(model, enc.ids, max_tokens, chat._stop_ids)))
+        out.append((r["instruction"], base_reply(model, enc, max_tokens, chat._stop_ids)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in out), encoding="utf-8")
@@ -126,16 +131,12 @@ def general_answers(model, rows, max_tokens: int, log) -> list[tuple[str, str]]:
     return out
 
 
-@torch.inference_mode()
-def base_reply(model, ids: list[int], max_tokens: int, stop_ids) -> str:
-    """The frozen LLM's own greedy reply (plain `generate`), decoded without special tokens."""
-    llm = model.llm
-    inp = torch.tensor([ids], device=model.device)
-    out = llm.generate(input_ids=inp, attention_mask=torch.ones_like(inp), max_new_tokens=max_tokens,
-                       do_sample=False, eos_token_id=list(stop_ids), pad_token_id=model.builder.pad_id)
-    new = out[0, len(ids):].tolist()
-    cut = next((i for i, t in enumerate(new) if t in stop_ids), len(new))
-    return model.tokenizer.decode(new[:cut], skip_special_tokens=True)
+def base_reply(model, enc, max_tokens: int, stop_ids) -> str:
+    """The frozen LLM's own greedy reply (`StickerLLM.frozen_generate`), decoded without special tokens,
+    up to the end of its turn."""
+    text = model.tokenizer.decode(model.frozen_generate([enc], max_tokens, stop_ids)[0], skip_special_tokens=True)
+    stop = model.builder.format.stop_text
+    return text.split(stop)[0] if stop else text
 
 
 def sample_batch(model, rng, records, index_of, feats, general, n: int, general_p: float, kinds: list | None = None):
@@ -167,16 +168,14 @@ def sample_batch(model, rng, records, index_of, feats, general, n: int, general_
 
 @torch.no_grad()
 def ret_states(model, examples_fn, n: int, batch_size: int = 32):
-    """(states (n, H), bank rows (n,)) at `<ret>` for `n` teacher-forced examples from `examples_fn(k)`
+    """(query-layer states (n, H), bank rows (n,)) at `<ret>` for `n` teacher-forced examples from `examples_fn(k)`
     (-> examples, images, targets, rows as sample_batch returns)."""
     hs, rows_all = [], []
     for start in range(0, n, batch_size):
         examples, images, _, rows = examples_fn(min(batch_size, n - start))
         b = model.batch(examples, images)
-        b = {k: (v.to(model.device) if torch.is_tensor(v) else v) for k, v in b.items()}
-        img = model.image_embeddings(b["image_feats"]) if b["image_feats"] is not None else None
-        h = model.hidden(model.embed(b["ids"], b["special"], b["slot"], img), b["attention_mask"]).last_hidden_state
-        hs.append(h[torch.arange(len(examples)), b["ret_pos"]].float().cpu())
+        _, h = model.hidden_states(b, query=True)
+        hs.append(h[torch.arange(len(examples)), b["ret_pos"].to(h.device)].float().cpu())
         rows_all.append(rows)
     return torch.cat(hs), torch.cat(rows_all)
 
@@ -284,11 +283,9 @@ def _answer_states(model, rng, records, index_of, feats, general, n: int, genera
     for start in range(0, n, 16):
         exs, ims, _, _ = sample_batch(model, rng, records, index_of, feats, general, min(16, n - start), general_p)
         b = model.batch(exs, ims)
-        b = {k: (v.to(model.device) if torch.is_tensor(v) else v) for k, v in b.items()}
-        img = model.image_embeddings(b["image_feats"]) if b["image_feats"] is not None else None
-        h = model.hidden(model.embed(b["ids"], b["special"], b["slot"], img), b["attention_mask"]).last_hidden_state
-        sel = b["labels"] >= 0
-        hh, tt = h[sel].float(), b["labels"][sel]
+        h = model.hidden_states(b)
+        sel = (b["labels"] >= 0).to(h.device)
+        hh, tt = h[sel].float(), b["labels"].to(h.device)[sel]
         bl = hh @ head[:base_len].float().T
         if cap:
             bl = torch.tanh(bl / cap) * cap
@@ -379,7 +376,7 @@ def main(argv=None) -> dict:
             converted = True
     else:
         model = sllm.create(args.llm, args.clip, image_tokens=args.image_tokens, device=device,
-                            output_rows=args.output_rows)
+                            output_rows=args.output_rows, query_layer=args.query_layer, prompt=args.prompt)
     model.config.extra.update({"data": str(args.data), "steps": args.steps, "stop_after": args.stop_after,
                                "batch_size": args.batch_size, "lr": args.lr, "lr_wt": args.lr_wt, "weight_decay": args.weight_decay, "lam": args.lam,
                                "general": args.general, "seed": args.seed})

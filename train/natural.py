@@ -1,0 +1,150 @@
+"""Natural chat messages for StickerLLM training: how people ask for stickers, and how they do not.
+
+The paper's instructions (train.build_instructions) name the sticker's whole description. People
+type a word (`哭`), a colloquial or indirect request (`整个猫猫的图`), a mood (`加班到半夜，人都麻了`),
+English, typos and emoji. This module writes such messages for training, from a corpus' concepts
+(concepts.json of train.build_multistyle: CLDR names and keywords, emotions):
+
+- `requests`: sticker requests, each with the concepts it asks for (the W_t targets);
+- `non_requests`: questions and tasks, many of them about the very subjects of stickers (`猫能活多少年？`),
+  so that naming a subject does not by itself mean "send a sticker".
+
+The held-out evaluation set (train/data/natural_eval.jsonl) is written by hand; nothing here reads it.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from train.query_forms import emotion_words, vague_keywords
+
+NATURAL_EVAL = Path(__file__).resolve().parent / "data" / "natural_eval.jsonl"
+
+REQUEST_ZH = ["{}", "{}！", "来点{}的", "整个{}表情", "有{}的图吗", "发一张{}", "我需要一个{}的表情包", "{}的图来一张",
+              "给我来个{}", "求{}表情", "有没有那种{}的", "找个{}", "想要{}的贴纸", "斗图！{}", "搞个{}的图", "我要{}",
+              "{}的表情来一个😂", "来个{}的表请包", "发个{}的表青", "麻烦发个{}", "{}表情包走起", "快给我{}的图",
+              "能发个{}的吗？", "整点{}", "{}的图有吗有吗", "随便来个{}的"]
+REQUEST_EN = ["{}", "{} sticker", "send {}", "i need a {} sticker", "any {} stickers", "show me {}", "{} pls",
+              "gimme a {} emoji", "sticker of a {}", "can you send a {} sticker?", "do you have {}", "{} sticker plz 🙏",
+              "need a {} pic", "stiker of {}", "{} stikcer", "post a {} one", "one {} sticker coming up?",
+              "how about a {} sticker", "a {} reaction please"]
+# moods said without asking: (zh statements, en statements, words a fitting sticker carries)
+MOODS = [
+    (["加班到半夜，人都麻了", "困死了", "一点力气都没有了", "眼睛都睁不开了"], ["so exhausted after work", "need sleep badly",
+                                                            "I can barely keep my eyes open"], ["累", "困", "疲", "睡"]),
+    (["哈哈哈哈哈哈", "笑得肚子疼", "太好笑了吧"], ["hahaha", "I can't stop laughing", "LMAO"], ["笑", "喜极而泣"]),
+    (["呜呜呜", "好想哭", "眼泪止不住"], ["I want to cry", "so sad right now", "tears everywhere"], ["哭", "泪"]),
+    (["我快炸了", "烦死了", "别惹我"], ["I'm furious", "so mad at him", "don't talk to me"], ["生气", "愤怒", "怒"]),
+    (["终于放假了！", "太开心了", "今天心情超好"], ["best day ever", "I'm so happy", "feeling great today"], ["开心", "笑", "高兴"]),
+    (["这是什么操作", "我不理解", "啊？"], ["what is going on", "I don't get it", "huh?"], ["疑", "思考", "困惑"]),
+    (["我服了", "真是无话可说", "呵呵"], ["no words", "seriously?", "whatever"], ["无语", "无表情", "翻白眼"]),
+    (["吓我一跳", "好可怕", "别过来"], ["that scared me", "so creepy", "I'm terrified"], ["害怕", "尖叫", "恐惧"]),
+    (["晚安，睡了", "困了，明天见", "熄灯啦"], ["good night", "going to bed now", "nighty night"], ["睡", "晚安", "月"]),
+    (["谢谢你呀", "多谢帮忙", "感恩"], ["thanks a lot", "appreciate it", "thx so much"], ["谢", "合十", "感谢"]),
+    (["我爱你", "想你啦", "么么哒"], ["miss you", "love ya", "xoxo"], ["爱", "心", "亲"]),
+    (["再见啦", "我先走了", "下次聊"], ["see ya", "gotta go", "talk later"], ["再见", "挥手"]),
+    (["冲冲冲", "你可以的", "必胜"], ["you got this", "let's go", "go go go"], ["加油", "肌", "拳"]),
+    (["羞死人了", "不好意思啦", "讨厌啦"], ["so embarrassing", "stop it you", "oops my bad"], ["害羞", "脸红", "尴尬"]),
+    (["好饿", "想吃火锅", "午饭吃什么"], ["I'm starving", "craving pizza", "lunch time"], ["饿", "吃", "食", "口水"]),
+    (["周一又来了，不想起床", "作业写不完了", "这班一天都上不下去了"], ["mondays are the worst", "so much homework",
+                                                       "work is draining me"], ["累", "疲", "哭", "失望"]),
+    (["今天升职了！", "中奖啦哈哈", "比赛赢了"], ["I got the job!", "we won the game", "just passed my driving test"],
+     ["庆祝", "派对", "奖", "开心"]),
+    (["外面下大雪了", "冻得手都僵了", "空调坏了，好冷"], ["it's snowing so hard", "my hands are frozen"], ["冷", "雪", "冻"]),
+    (["今天三十八度", "晒化了", "出门一身汗"], ["it's boiling today", "melting in this heat"], ["热", "汗", "太阳"]),
+    (["好无聊啊", "没事干", "闲得发慌"], ["nothing to do", "this meeting is so boring"], ["无聊", "打哈欠", "无表情"]),
+    (["头疼得厉害", "嗓子疼，可能感冒了", "在医院排队"], ["I feel sick", "caught a cold", "fever again"],
+     ["病", "感冒", "口罩", "体温"]),
+    (["我的猫今天好乖", "路上看到一只小狗", "家里的兔子又在啃东西"], ["my cat is so cute today", "saw a puppy on the way home"],
+     ["猫", "狗", "兔"]),
+    (["啊啊啊我错了", "对不起嘛", "是我不好"], ["sorry sorry", "my fault, I apologize"], ["对不起", "合十", "哭", "害羞"]),
+]
+NON_REQUEST_ZH = ["{}是什么意思？", "{}用英语怎么说", "{}有什么特点", "关于{}有什么冷知识", "怎么画{}",
+                  "{}这个词怎么造句", "给我讲讲{}的历史", "{}和别的有什么区别？"]
+NON_REQUEST_EN = ["what is a {}?", "how do you draw a {}?", "tell me a fact about {}", "how do you say {} in Chinese?",
+                  "what's the history of {}?", "write one sentence about {}", "is {} a noun or a verb?"]
+
+
+@dataclass
+class Message:
+    text: str
+    lang: str
+    sticker: bool
+    concepts: list[str] = field(default_factory=list)  # concept keys a fitting sticker belongs to
+
+
+def load_concepts(path: str | Path) -> dict[str, dict]:
+    """concepts.json of a multi-style corpus (or its folder)."""
+    p = Path(path)
+    p = p / "concepts.json" if p.is_dir() else p
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no concepts.json (build the corpus with train.build_multistyle)")
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def _words(c: dict, vague: set[str]) -> tuple[list[str], list[str]]:
+    zh = [c["name_zh"], *[k for k in c.get("keywords_zh", []) if k not in vague]][:5]
+    en = [c["name_en"], *[k for k in c.get("keywords_en", []) if k not in vague]][:4]
+    return zh + emotion_words(c.get("emotions", []))[:2], en
+
+
+def concepts_with(concepts: dict[str, dict], words: list[str]) -> list[str]:
+    """Keys of concepts whose zh name or keywords contain one of `words`."""
+    out = []
+    for key, c in concepts.items():
+        text = " ".join([c["name_zh"], *c.get("keywords_zh", [])])
+        if any(w in text for w in words):
+            out.append(key)
+    return out
+
+
+def requests(concepts: dict[str, dict], n: int, rng: random.Random) -> list[Message]:
+    """`n` sticker requests: four in five name a concept's word, one in five states a mood."""
+    vague = vague_keywords(concepts)
+    keys = sorted(concepts)
+    mood_targets = [concepts_with(concepts, words) for _, _, words in MOODS]
+    out = []
+    while len(out) < n:
+        if rng.random() < 0.2:
+            i = rng.randrange(len(MOODS))
+            if not mood_targets[i]:
+                continue
+            zh, en, _ = MOODS[i]
+            lang = rng.choice(("zh", "en"))
+            out.append(Message(rng.choice(zh if lang == "zh" else en), lang, True, mood_targets[i]))
+            continue
+        key = rng.choice(keys)
+        zh, en = _words(concepts[key], vague)
+        lang = "en" if rng.random() < 0.35 else "zh"
+        word = rng.choice(en if lang == "en" else zh)
+        out.append(Message(rng.choice(REQUEST_EN if lang == "en" else REQUEST_ZH).format(word), lang, True, [key]))
+    return out
+
+
+def non_requests(concepts: dict[str, dict], n: int, rng: random.Random) -> list[Message]:
+    """`n` questions and tasks about sticker subjects that do not ask for a sticker."""
+    vague = vague_keywords(concepts)
+    keys = sorted(concepts)
+    out = []
+    for _ in range(n):
+        zh, en = _words(concepts[rng.choice(keys)], vague)
+        if rng.random() < 0.5:
+            out.append(Message(rng.choice(NON_REQUEST_ZH).format(rng.choice(zh[:2])), "zh", False))
+        else:
+            out.append(Message(rng.choice(NON_REQUEST_EN).format(rng.choice(en[:2])), "en", False))
+    return out
+
+
+def natural_eval(path: str | Path = NATURAL_EVAL) -> list[dict]:
+    """The held-out natural prompts: {id, lang, sticker, text, want (words a fitting sticker carries)}."""
+    rows = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if not isinstance(r.get("text"), str) or not isinstance(r.get("sticker"), bool):
+            raise ValueError(f"{path}:{i + 1}: needs a text string and a sticker boolean")
+        rows.append(r)
+    return rows
