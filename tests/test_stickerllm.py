@@ -495,21 +495,23 @@ def test_query_layer_reads_the_state_of_that_layer(clip, tmp_path):
     from stickerllm.chat import DynamicDecoder, greedy_batch
 
     m = make("gemma", clip)
-    m.config.query_layer = 2
+    m.config.query_layer = 1  # of the tiny model's 2
     prompt = m.builder.encode([{"role": "user", "content": "来个猫"}])
     enc = m.builder.encode([{"role": "user", "content": "来个猫"}])
     enc.extend([m.specials.ret], special=RET)
-    layers = m.hidden_states(m.batch([(enc, len(enc) - 1)], [None]), layers=True)
-    want = m.query(layers[2][0, -1:])[0]
-    assert not torch.allclose(want, m.query(layers[-1][0, -1:])[0])  # another layer, another query
+    with torch.no_grad():
+        layers = m.hidden_states(m.batch([(enc, len(enc) - 1)], [None]), layers=True)
+        want = m.query(layers[1][0, -1:])[0]
+        assert not torch.allclose(want, m.query(layers[-1][0, -1:])[0])  # another layer, another query
     got = greedy_batch(m, [prompt], [None], 0, stop_ids=[], force_ret=True)[0]["query"]
     assert np.allclose(got, want.numpy(), atol=1e-4)
     d = DynamicDecoder(m)
     d.start(m.embed(*(torch.tensor([x]) for x in (prompt.ids, prompt.special, prompt.slot))))
-    assert torch.allclose(m.query(d.step(m.specials.ret, RET, query=True))[0], want, atol=1e-4)
+    with torch.no_grad():
+        assert torch.allclose(m.query(d.step(m.specials.ret, RET, query=True))[0], want, atol=1e-4)
     m.save(tmp_path / "a")
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert cfg["query_layer"] == 2 and cfg["prompt"] == "auto"
+    assert cfg["query_layer"] == 1 and cfg["prompt"] == "auto"
     llm, tok = tiny_llm("gemma")
     with pytest.raises(ValueError, match="query_layer"):
         StickerLLM(llm, tok, StickerLLMConfig(llm="tiny", clip="tiny", query_layer=99), clip=clip)
