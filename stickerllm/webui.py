@@ -186,10 +186,12 @@ def render(session: ChatSession, pending: list | None = None, pending_user: dict
 
 
 def _reply_content(parts, fallback: str) -> list:
+    """Chatbot content of a reply: its words, then its stickers (the model sends `<ret>` first, but a
+    reply reads better with what it says above what it shows)."""
     if parts is None:
         return [fallback] if fallback else []
     out = []
-    for kind, value in parts:
+    for kind, value in sorted(parts, key=lambda p: p[0] != "text"):  # stable: order kept within each kind
         if kind == "text" and value.strip():
             out.append(value)
         elif kind == "stickers":

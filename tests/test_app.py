@@ -325,3 +325,15 @@ def test_concurrent_searches_through_the_queue(service):
         assert not errors and len(results) == 8 and all(len(r) == 2 for r in results)
     finally:
         demo.close()
+
+
+def test_a_reply_shows_its_words_above_its_stickers(tmp_path):
+    from PIL import Image
+
+    from stickerllm.webui import _reply_content
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    views = [{"file": str(tmp_path / "a.png"), "caption": "红"}]
+    out = _reply_content([("stickers", views), ("text", "给你几个"), ("text", "开心的表情！")], "")
+    assert out[:2] == ["给你几个", "开心的表情！"] and isinstance(out[2], gr.Gallery) and len(out) == 3
+    assert _reply_content([("stickers", [])], "") == ["（没有找到表情 no stickers found）"]
