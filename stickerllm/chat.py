@@ -522,29 +522,10 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
     dev = m.device
     B = len(encs)
     P, cache, encs = _with_prefix(m, encs)  # the preamble's KV cache, shared: only the rest is prefilled
-    T = max(len(e) for e in encs)
-    ids = torch.full((B, T), m.builder.pad_id, dtype=torch.long)
-    special = torch.full((B, T), -1, dtype=torch.long)
-    slot = torch.full((B, T), -1, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.long)
-    imgs, offset = [], 0
-    for i, e in enumerate(encs):
-        n = len(e)
-        ids[i, T - n:] = torch.tensor(e.ids)
-        special[i, T - n:] = torch.tensor(e.special)
-        s = torch.tensor(e.slot)
-        slot[i, T - n:] = torch.where(s >= 0, s + offset * m.config.image_tokens, s)
-        f = feats[i] if feats else None
-        if f is not None and len(f):
-            imgs.append(torch.as_tensor(f))
-            offset += len(f)
-        mask[i, T - n:] = 1
-    img = m.image_embeddings(torch.cat(imgs).to(dev)) if imgs else None
-    ids, special, slot = ids.to(dev), special.to(dev), slot.to(dev)
-    mask = torch.cat([torch.ones((B, P), dtype=torch.long), mask], 1).to(dev)  # (B, P + T)
+    embeds, mask = m.left_padded(encs, feats)  # (B, T, H), (B, T)
+    mask = torch.cat([torch.ones((B, P), dtype=torch.long, device=dev), mask], 1)  # (B, P + T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
-    out = m.hidden(m.embed(ids, special, slot, img), attention_mask=mask, position_ids=pos, past_key_values=cache,
-                   use_cache=True, query=True)
+    out = m.hidden(embeds, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, query=True)
     cache, h, hq = out.past_key_values, out.last_hidden_state[:, -1], m.query_states(out)[:, -1]
     nxt = pos[:, -1] + 1
     stop = set(int(t) for t in stop_ids)

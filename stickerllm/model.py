@@ -252,12 +252,9 @@ class StickerLLM(nn.Module):
             return out.hidden_states
         return (out.last_hidden_state, self.query_states(out)) if query else out.last_hidden_state
 
-    @torch.inference_mode()
-    def frozen_generate(self, encs: list[Encoded], max_new_tokens: int, stop_ids, feats=None,
-                        **kw) -> list[list[int]]:
-        """The frozen LLM's own greedy replies (its `generate`, its head: it never emits `<ret>`) to
-        prompts given as input embeddings, so the adapter's input rows in them (the few-shot preamble's
-        `<ret></ret>`, images) read as in chat. Left-padded batch; each reply cut at its first stop id."""
+    def left_padded(self, encs: list[Encoded], feats=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sequences left-padded into one batch -> ((B, T, H) input embeddings, (B, T) attention mask),
+        on the device. `feats[i]`: (n_i, d) image features of sequence i, or None."""
         dev = self.device
         T = max(len(e) for e in encs)
         B = len(encs)
@@ -265,15 +262,31 @@ class StickerLLM(nn.Module):
         special = torch.full((B, T), -1, dtype=torch.long)
         slot = torch.full((B, T), -1, dtype=torch.long)
         mask = torch.zeros((B, T), dtype=torch.long)
+        imgs, offset = [], 0
         for i, e in enumerate(encs):
-            ids[i, T - len(e):] = torch.tensor(e.ids)
-            special[i, T - len(e):] = torch.tensor(e.special)
-            slot[i, T - len(e):] = torch.tensor(e.slot)
-            mask[i, T - len(e):] = 1
-        img = self.image_embeddings(feats.to(dev)) if feats is not None else None
-        embeds = self.embed(ids.to(dev), special.to(dev), slot.to(dev), img)
+            n = len(e)
+            ids[i, T - n:] = torch.tensor(e.ids)
+            special[i, T - n:] = torch.tensor(e.special)
+            s = torch.tensor(e.slot)
+            slot[i, T - n:] = torch.where(s >= 0, s + offset * self.config.image_tokens, s)  # images numbered on
+            f = feats[i] if feats else None
+            if f is not None and len(f):
+                imgs.append(torch.as_tensor(f))
+                offset += len(f)
+            mask[i, T - n:] = 1
+        img = self.image_embeddings(torch.cat(imgs).to(dev)) if imgs else None
+        return self.embed(ids.to(dev), special.to(dev), slot.to(dev), img), mask.to(dev)
+
+    @torch.inference_mode()
+    def frozen_generate(self, encs: list[Encoded], max_new_tokens: int, stop_ids, feats=None,
+                        **kw) -> list[list[int]]:
+        """The frozen LLM's own greedy replies (its `generate`, its head: it never emits `<ret>`) to
+        prompts given as input embeddings, so the adapter's input rows in them (the few-shot preamble's
+        `<ret></ret>`, images) read as in chat. Left-padded batch (`feats` as in `left_padded`); each
+        reply cut at its first stop id."""
+        embeds, mask = self.left_padded(encs, feats)
         stop = sorted(int(t) for t in stop_ids)
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
                                 do_sample=False, eos_token_id=stop or None, pad_token_id=self.builder.pad_id, **kw)
         rows = []
         for row in out.tolist():  # with inputs_embeds, generate returns only the new tokens
