@@ -88,13 +88,16 @@ def load_causal_lm(name: str, device=None, dtype=None, log=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    key = (name, str(device), str(dtype))
+    # None means what from_pretrained does without it (the CPU, float32): the same key, so StickerCLIP's
+    # text tower (loaded without a device) and the chat LLM (loaded with one) share one instance
+    dtype = dtype or torch.float32
+    key = (name, str(torch.device(device if device is not None else "cpu")), str(dtype))
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key]
         path = resolve_llm(name, log)
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         model.requires_grad_(False).eval()
         if device is not None:
             model.to(device)

@@ -67,6 +67,29 @@ def test_app_load_bench_smoke(tmp_path, monkeypatch, capsys):
     assert json.loads([line for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]) == res
 
 
+def test_app_memory_bench_smoke(tmp_path, monkeypatch):
+    """The memory bench against the tiny app (launched here, measured in this process): sessions of
+    turns through /chat, searches by text and by sticker, RSS sampled in every phase."""
+    import os
+
+    import app
+    from bench import bench_app_memory
+    from tests.appworld import free_port, make_service
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    service = make_service(tmp_path)
+    demo = app.launch(service, port=free_port(), block=False, quiet=True)
+    try:
+        res = bench_app_memory.main(["--url", demo.local_url, "--pid", str(os.getpid()), "--chats", "5",
+                                     "--turns", "2", "--searches", "8", "--images",
+                                     str(tmp_path / "gallery" / "images")])
+    finally:
+        demo.close()
+    assert res["chats"] == 5 and res["sessions"] == 3 and res["searches"] == 8 and res["by_sticker"] == 2
+    assert 0 < res["rss_ready_mib"] <= res["rss_peak_mib"] and len(res["trace_chats_mib"]) == 11
+    assert res["rss_after_searches_mib"] > 0 and res["rss_loaded_mib"] is None  # not measured with --url
+
+
 def test_ret_layer_probe_runs_small(open_corpus, capsys):
     """bench.probe_ret_layers on the default adapter, a few stickers: one probe per layer asked for
     plus the last, each with a ratio to StickerCLIP."""

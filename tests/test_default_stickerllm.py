@@ -30,6 +30,16 @@ def test_default_adapter_loads_offline_and_shares_the_llm_with_stickerclip():
     assert m.tok_out is not None  # <ret> has an output row of its own (Gemma ties its head)
 
 
+def test_the_app_holds_one_llm_for_search_and_chat():
+    """As StickerService loads them (both with the device): StickerCLIP's text tower and the chat read
+    the same LLM instance (a second copy was 0.4 GB more resident and 1 GB more to page in)."""
+    from stickerclip.model import load_model
+
+    clip = load_model(str(ROOT / "assets" / "stickerclip"), device="cpu")
+    m = load(DEFAULT, clip=clip, device="cpu")
+    assert m.clip is clip and m.llm is clip.text.llm
+
+
 def test_eval_reproduces_the_published_quick_eval(open_corpus):
     published = json.loads((DEFAULT / "eval_quick.json").read_text(encoding="utf-8"))
     args = [a.replace("{corpus}", str(open_corpus)).replace("{model}", str(DEFAULT)) for a in published["args"]]
