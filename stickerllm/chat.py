@@ -20,6 +20,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from stickerclip.index import BETA
+
 from .model import StickerLLM
 from .prompt import Encoded
 from .tokens import END_RET, RET, SPECIAL_TOKENS
@@ -31,11 +33,11 @@ RET_TEXT = SPECIAL_TOKENS[RET] + SPECIAL_TOKENS[END_RET]
 class ChatSettings:
     pret: bool = False  # put <pret> before the user's message: retrieval becomes (near) certain
     top_k: int = 8  # stickers per retrieval
-    beta: float = 0.3  # weight of stickers' OCR text in the retrieval score
+    beta: float = BETA  # weight of stickers' OCR text in the retrieval score
     safe: bool = True  # hide stickers tagged harmful
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 0.9
-    max_new_tokens: int = 256
+    max_new_tokens: int = 64  # a reply is a line or two (the API, the UI and the docs all start here)
     min_new_tokens: int = 0  # the turn does not end before this many tokens (benchmarks)
     repetition_penalty: float = 1.2  # on tokens of the user's message and of the reply so far (1: off)
     no_repeat_ngram: int = 3  # a reply never repeats an n-gram of its own (0: off)
@@ -294,8 +296,9 @@ def _with_prefix(model: StickerLLM, encs: list[Encoded]):
 class Guards:
     """Decoding guards of one reply (StickerChat's policy): a repetition penalty on the user's
     message and the reply so far, no repeated n-gram within the reply, letters only of the scripts
-    the user wrote in, one sticker gallery per reply, and no line break before the reply has said
-    anything (one line per reply)."""
+    the user wrote in, one sticker gallery per reply, no line break before the reply has said
+    anything (one line per reply), and no words that begin with a comma or a full stop after the
+    reply's gallery (`<ret></ret>，谢谢` read as a reply starting with "，")."""
 
     def __init__(self, model: StickerLLM, s: ChatSettings, user: str, stop_text: str | None):
         self.s = s
@@ -305,6 +308,7 @@ class Guards:
         self.seen = set(model.builder.text(user)) if s.repetition_penalty > 1 else set()
         self.mask = script_table(model).mask_for(user) if s.same_script else None
         self.breaks = script_table(model).breaks if stop_text == "\n" else None
+        self.leads = script_table(model).leads
 
     def add(self, tok: int) -> None:
         self.ids.append(tok)
@@ -334,20 +338,26 @@ class Guards:
                 logits[banned] = float("-inf")
         if self.retrieved:
             logits[self.ret] = float("-inf")
-        if self.breaks is not None and not said.strip():
-            logits[self.breaks[self.breaks < logits.shape[-1]]] = float("-inf")
+        if not said.strip():
+            if self.breaks is not None:
+                logits[self.breaks[self.breaks < logits.shape[-1]]] = float("-inf")
+            if self.ids:  # after the gallery (not at the first position, where <ret> is decided)
+                logits[self.leads[self.leads < logits.shape[-1]]] = float("-inf")
         return logits
 
 
 class ScriptTable:
     """Per vocabulary id: the writing system of its letters (a bit per script; 0 for digits,
-    punctuation, emoji, byte pieces), and the ids that are only whitespace with a line break."""
+    punctuation, emoji, byte pieces), the ids that are only whitespace with a line break, and the
+    ids whose text begins with punctuation that ends or continues a clause (no reply starts so)."""
+
+    CLAUSE = "，,。.！!？?、；;：:）)]】」』…~～"
 
     SCRIPTS = ("latin", "han", "kana", "hangul", "cyrillic", "other")
 
     def __init__(self, tokenizer, width: int):
         bits = np.zeros(width, np.uint8)
-        breaks = []
+        breaks, leads = [], []
         pieces = tokenizer.convert_ids_to_tokens(list(range(min(width, len(tokenizer)))))
         for i, p in enumerate(pieces):
             if not p or (p.startswith("<") and p.endswith(">")):
@@ -355,6 +365,8 @@ class ScriptTable:
             text = p.replace("\u2581", " ").replace("\u0120", " ").replace("\u010a", "\n")
             if "\n" in text and not text.strip():
                 breaks.append(i)
+            if text.strip()[:1] and text.strip()[0] in self.CLAUSE:
+                leads.append(i)
             b = 0
             for ch in text:
                 if ch.isalpha():
@@ -362,6 +374,7 @@ class ScriptTable:
             bits[i] = b
         self.bits = torch.from_numpy(bits)
         self.breaks = torch.tensor(breaks, dtype=torch.long)
+        self.leads = torch.tensor(leads, dtype=torch.long)
 
     @staticmethod
     def _script(ch: str) -> int:

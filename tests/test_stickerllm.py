@@ -463,8 +463,11 @@ def test_guards_stop_repetition_and_keep_the_users_script(clip):
     logits = torch.zeros(m.vocab_width)
     assert g(logits, "")[table.breaks].eq(float("-inf")).all() and g(logits, "好")[table.breaks].eq(0).all()
     assert g(logits, "")[m.specials.ret] == 0
+    comma = tok.convert_tokens_to_ids("，")
+    assert comma in table.leads.tolist() and g(logits, "")[comma] == 0  # the first position: <ret> is decided there
     g.add(m.specials.ret)
     assert g(logits, "")[m.specials.ret] == float("-inf")
+    assert g(logits, "")[comma] == float("-inf") and g(logits, "好")[comma] == 0  # no reply starts with "，"
 
 
 def test_few_shot_preamble_is_a_shared_prefix_with_retrievals_in_its_exemplars(clip):
