@@ -56,7 +56,8 @@ def build(service, local_folders: bool = True):
     """The Blocks for a StickerService (not launched)."""
     from stickerclip.gallery import GALLERY
     from stickerllm import webui
-    from stickerllm.service import ChatSession
+    from stickerclip.index import BETA
+    from stickerllm.service import SEARCH_TOP_K, ChatSession
 
     try:  # ZeroGPU on a Hugging Face Space; a no-op elsewhere
         import spaces
@@ -67,6 +68,7 @@ def build(service, local_folders: bool = True):
             return fn
 
     s = service
+    chat0 = webui.DEFAULTS  # the settings start at ChatSettings' defaults, as the API does
     with gr.Blocks(title="表情包聊天 Sticker chat") as demo:
         gr.Markdown("# 表情包聊天 Sticker chat\n用聊天找表情包 · Find stickers by chatting, by text or by sticker.")
         status = gr.Markdown(s.status(), elem_id="status")
@@ -101,13 +103,13 @@ def build(service, local_folders: bool = True):
                         ])
                     with gr.Column(scale=2):
                         with gr.Accordion("设置 Settings", open=False):
-                            pret = gr.Checkbox(value=False, label="<pret> 每次都找表情 always retrieve stickers")
-                            top_k = gr.Slider(1, 24, value=8, step=1, label="每次表情数 stickers per retrieval (top-k)")
-                            beta = gr.Slider(0, 1, value=0.3, step=0.05, label="β 表情文字权重 weight of sticker text")
-                            temperature = gr.Slider(0, 1.5, value=0.7, step=0.05, label="temperature (0 = greedy)")
-                            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="top-p")
-                            max_tokens = gr.Slider(8, 512, value=64, step=8, label="最大长度 max new tokens")
-                            safe = gr.Checkbox(value=True, label="安全模式 safe mode (hide harmful stickers)")
+                            pret = gr.Checkbox(value=chat0.pret, label="<pret> 每次都找表情 always retrieve stickers")
+                            top_k = gr.Slider(1, 24, value=chat0.top_k, step=1, label="每次表情数 stickers per retrieval (top-k)")
+                            beta = gr.Slider(0, 1, value=chat0.beta, step=0.05, label="β 表情文字权重 weight of sticker text")
+                            temperature = gr.Slider(0, 1.5, value=chat0.temperature, step=0.05, label="temperature (0 = greedy)")
+                            top_p = gr.Slider(0.05, 1, value=chat0.top_p, step=0.05, label="top-p")
+                            max_tokens = gr.Slider(8, 512, value=chat0.max_new_tokens, step=8, label="最大长度 max new tokens")
+                            safe = gr.Checkbox(value=chat0.safe, label="安全模式 safe mode (hide harmful stickers)")
                         side = gr.Gallery(label="本轮表情 Stickers in the last reply", columns=4, height=260,
                                           buttons=["download"], elem_id="side-gallery")
                         side_info = gr.Markdown()
@@ -120,10 +122,12 @@ def build(service, local_folders: bool = True):
                     with gr.Column(scale=1):
                         q_text = gr.Textbox(label="文字 Text", placeholder="例如 e.g. 晚安 / 加油 / 笑哭了",
                                             elem_id="search-text")
-                        q_image = gr.Image(label="表情 Sticker", type="filepath", sources=["upload", "clipboard"],
-                                           height=200, elem_id="search-image")
-                        q_k = gr.Slider(1, 96, value=24, step=1, label="数量 top-k")
-                        q_beta = gr.Slider(0, 1, value=0.3, step=0.05, label="β 表情文字权重 weight of sticker text")
+                        # image_mode=None: the file as uploaded (the default, RGB, would flatten
+                        # a transparent sticker onto black; the loader puts transparency on white)
+                        q_image = gr.Image(label="表情 Sticker", type="filepath", image_mode=None,
+                                           sources=["upload", "clipboard"], height=200, elem_id="search-image")
+                        q_k = gr.Slider(1, 96, value=SEARCH_TOP_K, step=1, label="数量 top-k")
+                        q_beta = gr.Slider(0, 1, value=BETA, step=0.05, label="β 表情文字权重 weight of sticker text")
                         q_emotions = gr.Dropdown(webui.EMOTION_CHOICES, multiselect=True,
                                                  label="情绪 Emotions (any of)")
                         q_style = gr.Dropdown(webui.STYLE_CHOICES, value="", label="风格 Style")
@@ -162,15 +166,20 @@ def build(service, local_folders: bool = True):
             api_btn = gr.Button()
 
         # -------------------------------------------------------------- wiring
-        def chat_fn(value, sess, *cfg):
-            yield from webui.chat(s, value, sess, webui.settings_from(*cfg))
+        def reply_fn(sess, *cfg):
+            yield from webui.reply(s, sess, webui.settings_from(*cfg))
 
+        # Sending only queues the message (at once, so the box is free to type the next one, also
+        # while a reply streams); each send then gets its reply, in order, one model call at a time.
+        # The session is changed in place: the reply does not write it back (a new chat may replace it).
         settings = [pret, top_k, beta, temperature, top_p, max_tokens, safe]
-        box.submit(gpu(chat_fn), [box, session, *settings], [chatbot, box, session, side, side_views],
-                   api_visibility="private", concurrency_id="model", concurrency_limit=1)
+        box.submit(webui.send, [box, session], [chatbot, box], queue=False, trigger_mode="multiple",
+                   api_visibility="private").success(
+            gpu(reply_fn), [session, *settings], [chatbot, side, side_views], api_visibility="private",
+            concurrency_id="model", concurrency_limit=1, trigger_mode="multiple")
         stop_btn.click(webui.stop, [session], None, queue=False, api_visibility="private")
         undo_btn.click(webui.undo, [session], [chatbot, session], queue=False, api_visibility="private")
-        new_btn.click(webui.new_chat, None, [chatbot, session, side, side_views], queue=False,
+        new_btn.click(webui.new_chat, [session], [chatbot, session, side, side_views], queue=False,
                       api_visibility="private")
 
         def pick(views, evt: gr.SelectData):
@@ -201,9 +210,9 @@ def build(service, local_folders: bool = True):
         def upload_fn(files, progress=gr.Progress()):
             return webui.add_files(s, files, progress)
 
-        folder_btn.click(folder_fn, [folder], [lib_summary, lib_info], api_visibility="private",
+        folder_btn.click(folder_fn, [folder], [lib_summary, lib_info, status], api_visibility="private",
                          concurrency_id="index", concurrency_limit=1)
-        upload_btn.click(upload_fn, [uploads], [lib_summary, lib_info], api_name="add_stickers",
+        upload_btn.click(upload_fn, [uploads], [lib_summary, lib_info, status], api_name="add_stickers",
                          concurrency_id="index", concurrency_limit=1)
 
         def api_chat_fn(message, files, cfg, sess):

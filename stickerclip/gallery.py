@@ -15,10 +15,11 @@ from pathlib import Path
 GALLERY = Path(__file__).resolve().parent.parent / "assets" / "gallery"
 
 
-def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None):
+def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None, progress=True):
     """The StickerIndex of `gallery`'s all.jsonl for `model` (default: the embedded default model).
 
-    Progress goes to `log` (default: stderr)."""
+    Messages go to `log` (default: stderr); indexing progress (the first time for a model) to
+    `progress`: True (a bar on stderr) or a callback (done, total)."""
     from .data import read_jsonl
     from .index import StickerIndex
     from .llm import cache_dir
@@ -41,7 +42,7 @@ def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None):
     try:
         log(f"Indexing the sticker gallery {gallery} once (cached at {target})")
         with StickerIndex.open(tmp, model, ocr=False) as index:
-            summary = index.add(read_jsonl(manifest), progress=True, ocr=False)
+            summary = index.add(read_jsonl(manifest), progress=progress, ocr=False)
         if summary.failed:
             log(f"gallery: {len(summary.failed)} stickers skipped: {summary.failed[:3]}")
         try:

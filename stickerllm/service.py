@@ -12,6 +12,7 @@ person's own library searched as one, chat sessions, and indexing of folders and
 """
 from __future__ import annotations
 
+import collections
 import copy
 import errno
 import json
@@ -27,12 +28,14 @@ from typing import Callable, Iterator
 from stickerclip import labels
 from stickerclip.data import IMAGE_EXTENSIONS
 from stickerclip.gallery import GALLERY
+from stickerclip.index import BETA
 
 from .chat import ChatSettings, Done, Retrieval, TextChunk
 from .prompt import valid_text
 
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "assets" / "stickerllm"
 MAX_MEMBER_BYTES = 64 << 20  # one sticker file from an upload or a zip
+SEARCH_TOP_K = 24  # results of a search (the search tab's default; "more like this" too)
 
 
 class NotReady(RuntimeError):
@@ -73,21 +76,42 @@ class ChatUpdate:
 
 
 class ChatSession:
-    """One conversation: the model's history (with the stickers it showed) and a cancel flag.
-    Copies (Gradio copies a session's initial state) share nothing."""
+    """One conversation: the model's history (with the stickers it showed), the messages sent and
+    not yet answered (`outbox`: a person may type on while a reply streams), the exchange being
+    answered (`live`: its user turn and the reply's parts so far) and a cancel flag. Copies (Gradio
+    copies a session's initial state) share nothing."""
 
     def __init__(self, history: list | None = None):
         self.history: list[dict] = list(history or [])
+        self.outbox: collections.deque[dict] = collections.deque()
+        self.live: tuple[dict, list] | None = None
+        self.drop_live = False  # undone while answered: the exchange is not kept
+        self.closed = False  # left for a new chat: a reply still streaming into it is no longer shown
         self.cancel = threading.Event()
 
     def __deepcopy__(self, memo):
         return ChatSession(copy.deepcopy(self.history, memo))
 
+    def close(self) -> None:
+        """Stop the reply in progress and drop the messages waiting (a new chat replaces this one)."""
+        self.closed = True
+        self.outbox.clear()
+        self.cancel.set()
+
     def shown(self) -> list[str]:
         return [s for h in self.history for s in (h.get("stickers") or ())]
 
     def undo(self) -> bool:
-        """Drop the last exchange (user turn and the reply to it); False when there is none."""
+        """Drop the last exchange: the latest message still waiting, else the one being answered (its
+        reply stops and is not kept), else the last user turn of the history and the reply to it.
+        False when there is none."""
+        if self.outbox:
+            self.outbox.pop()
+            return True
+        if self.live is not None:
+            self.drop_live = True
+            self.cancel.set()
+            return True
         for i in range(len(self.history) - 1, -1, -1):
             if self.history[i]["role"] == "user":
                 del self.history[i:]
@@ -138,9 +162,7 @@ class StickerService:
         self.chatter = None
         self._search_ready = threading.Event()
         self._chat_ready = threading.Event()
-        self._state = {"search": "loading StickerCLIP and the gallery (the first run converts the LLM and "
-                                 "indexes the gallery once: about two minutes)",
-                       "chat": "loading" if self.options.chat else "off"}
+        self._state = {"search": "loading", "chat": "loading" if self.options.chat else "off"}
         self._index_lock = threading.Lock()
         self._roots: list[Path] = []
         self._root_listeners: list[Callable[[str], None]] = []
@@ -188,14 +210,22 @@ class StickerService:
         keep_freed_memory(256 << 20)  # convolution activations reuse freed memory, not fresh pages
         device = self._device()
         self.log(f"loading the models on {device} (the page is served meanwhile); the first run converts "
-                 "the embedded LLM and indexes the gallery once, about two minutes")
+                 "the embedded LLM and indexes the gallery once, a few minutes on 2 cores")
         try:
             t0 = time.time()
             if self.clip is None:
+                self._state["search"] = ("loading StickerCLIP and the LLM its text tower reads with (the first run "
+                                         "converts the embedded LLM from GGUF once: about a minute)")
                 self.clip = load_model(self._clip_source(), device=device)
             if self.options.gallery:
-                self.gallery = default_index(self.clip, self.options.gallery, log=self.log)
+                def indexing(done, total):
+                    self._state["search"] = (f"loading: indexing the sticker gallery {done:,}/{total:,} (once per "
+                                             "sticker model; kept in the cache)")
+
+                self._state["search"] = "loading the sticker gallery's index"
+                self.gallery = default_index(self.clip, self.options.gallery, log=self.log, progress=indexing)
                 self._add_root(self.options.gallery)
+            self._state["search"] = "loading your sticker library"
             lib = Path(self.options.library).expanduser() if self.options.library else \
                 cache_dir() / "library" / self.clip.identity()
             previous = None if self.options.library or lib.exists() else _previous_library(lib.parent)
@@ -203,6 +233,7 @@ class StickerService:
             if previous is not None:
                 self.log(f"the sticker model changed: re-indexing your library from {previous} with it "
                          f"(the old index is kept there)")
+                self._state["search"] = "loading: re-indexing your library with the new sticker model (once)"
                 summary = self.library.carry_over(previous)
                 self.log(f"library re-indexed: {summary}")
             self._add_root(lib)
@@ -274,8 +305,15 @@ class StickerService:
             mark = "✅" if st == "ready" else ("⏳" if st.startswith("loading") else "⚠️")
             return f"{mark} {zh} {what}: {st}"
 
-        n = f" · {len(self.indexes)} 张表情 stickers" if self.indexes is not None else ""
-        return f"{part('search', '搜索')}{n} · {part('chat', '聊天')}"
+        return f"{part('search', '搜索')}{self.counts()} · {part('chat', '聊天')}"
+
+    def counts(self) -> str:
+        """The stickers searchable now, e.g. " · 1,575 张表情 stickers (图库 gallery 1,573 + 我的 yours 2)"."""
+        if self.indexes is None:
+            return ""
+        gallery = len(self.gallery) if self.gallery is not None else 0
+        mine = len(self.library) if self.library is not None else 0
+        return f" · {gallery + mine:,} 张表情 stickers (图库 gallery {gallery:,} + 我的 yours {mine:,})"
 
     # ------------------------------------------------------------------------------ paths
     def _add_root(self, path) -> None:
@@ -284,6 +322,10 @@ class StickerService:
             self._roots.append(p)
             for fn in list(self._root_listeners):
                 fn(str(p))
+
+    def uploads_dir(self) -> Path | None:
+        """Where uploads are kept: a folder per upload, inside the library."""
+        return Path(self.library.directory) / "uploads" if self.library is not None else None
 
     def allowed_roots(self) -> list[str]:
         """Folders whose files may be served: the gallery, the library (uploads inside) and the
@@ -307,7 +349,7 @@ class StickerService:
         return [hit_view(h) for h in hits if self.servable(h.path)]
 
     # ------------------------------------------------------------------------------ search
-    def search(self, text: str | None = None, image=None, top_k: int = 24, beta: float = 0.3, emotions=(),
+    def search(self, text: str | None = None, image=None, top_k: int = SEARCH_TOP_K, beta: float = BETA, emotions=(),
                style: str | None = None, safe: bool = True, exclude=(), timeout: float | None = 300) -> list[dict]:
         """Stickers for a text, a sticker (path, bytes or image) or both, best first, as views."""
         text = valid_text((text or "").strip())
@@ -323,7 +365,7 @@ class StickerService:
                                    exclude=exclude)
         return self._views(hits)
 
-    def more_like(self, sticker_id: str, top_k: int = 24, safe: bool = True) -> list[dict]:
+    def more_like(self, sticker_id: str, top_k: int = SEARCH_TOP_K, safe: bool = True) -> list[dict]:
         """Stickers that look like the sticker `sticker_id` (itself left out)."""
         self.wait("search")
         hit = self.indexes.get(sticker_id)
@@ -356,7 +398,7 @@ class StickerService:
         if not files:
             raise ValueError("no files were uploaded")
         self.wait("search")
-        dest = Path(self.library.directory) / "uploads" / time.strftime("%Y%m%d-%H%M%S")
+        dest = self.uploads_dir() / time.strftime("%Y%m%d-%H%M%S")
         n = 0
         while dest.exists():
             n += 1
@@ -469,7 +511,7 @@ class StickerService:
                 yield ChatUpdate(list(parts))
         finally:
             events.close()
-            if started:  # the exchange, finished or not, goes into the history with what was shown
+            if started and not session.drop_live:  # the exchange, finished or not, goes into the history
                 reply = done.reply if done is not None else "".join(p for k, p in parts if k == "text")
                 shown = done.stickers if done is not None else [v["id"] for v in ChatUpdate(parts).stickers]
                 session.history.append({"role": "user", "content": message, "images": images})

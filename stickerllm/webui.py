@@ -14,12 +14,15 @@ from pathlib import Path
 import gradio as gr
 
 from stickerclip import labels
-from stickerclip.images import StickerImageError
+from stickerclip.index import BETA
+from stickerclip.images import StickerImageError, load_sticker
 
 from .chat import ChatSettings
-from .service import ChatSession, NotReady, StickerService
+from .prompt import valid_text
+from .service import SEARCH_TOP_K, ChatSession, NotReady, StickerService
 
 SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
+DEFAULTS = ChatSettings()  # the one set of chat defaults: sliders, the API and the docs
 EMOTION_CHOICES = [(f"{lab.zh} {lab.en}", lab.key) for lab in labels.EMOTIONS]
 STYLE_CHOICES = [("全部 any", "")] + [(f"{lab.zh} {lab.en}", lab.key) for lab in labels.STYLES]
 LOADING = "⏳ 模型加载中… loading the chat model (the first run converts and caches the LLM: about a minute)"
@@ -46,7 +49,7 @@ def gallery_items(views: list[dict]) -> list[tuple[str, str]]:
     return [(v["file"], v["caption"]) for v in views]
 
 
-def search(service: StickerService, text: str | None, image: str | None, top_k=24, beta=0.3, emotions=None,
+def search(service: StickerService, text: str | None, image: str | None, top_k=SEARCH_TOP_K, beta=BETA, emotions=None,
            style: str | None = None, safe: bool = True):
     """Search tab: (gallery items, views, status Markdown)."""
     try:
@@ -72,7 +75,7 @@ def select(views: list[dict] | None, index) -> tuple[str, str | None, str | None
     return md, v["file"], v["id"]
 
 
-def more_like(service: StickerService, sticker_id: str | None, top_k=24, safe: bool = True):
+def more_like(service: StickerService, sticker_id: str | None, top_k=SEARCH_TOP_K, safe: bool = True):
     """“More like this” for a picked sticker: (gallery items, views, status Markdown)."""
     if not sticker_id:
         raise gr.Error("先选一张表情 Pick a sticker first")
@@ -101,37 +104,45 @@ def summary_markdown(summary, where: str = "") -> str:
 
 
 def library_info(service: StickerService) -> str:
+    """The library tab's summary: how many stickers, the folders indexed and the uploads."""
     if not service.ready("search"):
         return service.status()
     info = service.library.info()
-    folders = "\n".join(f"- `{f}`" for f in info["folders"]) or "- (none yet)"
+    uploads = service.uploads_dir().resolve()
+    folders = [f for f in info["folders"] if uploads not in Path(f).resolve().parents]
+    n_uploads = len(info["folders"]) - len(folders)
+    lines = [f"- `{f}`" for f in folders]
+    if n_uploads:
+        lines.append(f"- 上传 uploads ({n_uploads} 次 times)")
     gallery = len(service.gallery) if service.gallery is not None else 0
-    return (f"我的表情 My stickers: **{info['stickers']}** · 内置图库 gallery: {gallery}\n\n"
-            f"已添加的文件夹 Folders indexed:\n{folders}")
+    return (f"我的表情 My stickers: **{info['stickers']:,}** · 内置图库 gallery: {gallery:,}\n\n"
+            f"已添加 Added from:\n" + ("\n".join(lines) or "- (none yet)"))
 
 
-def add_folder(service: StickerService, folder: str, progress=None) -> tuple[str, str]:
-    """Index a server-side folder: (summary Markdown, library Markdown)."""
+def add_folder(service: StickerService, folder: str, progress=None) -> tuple[str, str, str]:
+    """Index a server-side folder: (summary Markdown, library Markdown, status line)."""
     try:
         s = service.add_folder(folder, progress=_progress(progress, "indexing"))
     except (ValueError, OSError, NotReady, PermissionError) as exc:
         raise _error(exc) from exc
-    return summary_markdown(s, str(folder)), library_info(service)
+    return summary_markdown(s, str(folder)), library_info(service), service.status()
 
 
-def add_files(service: StickerService, files, progress=None) -> tuple[str, str]:
-    """Index uploaded stickers / zips: (summary Markdown, library Markdown)."""
+def add_files(service: StickerService, files, progress=None) -> tuple[str, str, str]:
+    """Index uploaded stickers / zips: (summary Markdown, library Markdown, status line)."""
     try:
         s, where = service.add_files([getattr(f, "name", f) for f in (files or [])],
                                      progress=_progress(progress, "indexing"))
     except (ValueError, OSError, NotReady) as exc:
         raise _error(exc) from exc
-    return summary_markdown(s, where), library_info(service)
+    return summary_markdown(s, "上传 uploads" if where else ""), library_info(service), service.status()
 
 
 # ---------------------------------------------------------------------------------- chat
-def settings_from(pret=False, top_k=8, beta=0.3, temperature=0.7, top_p=0.9, max_new_tokens=256, safe=True,
+def settings_from(pret=DEFAULTS.pret, top_k=DEFAULTS.top_k, beta=DEFAULTS.beta, temperature=DEFAULTS.temperature,
+                  top_p=DEFAULTS.top_p, max_new_tokens=DEFAULTS.max_new_tokens, safe=DEFAULTS.safe,
                   seed=None) -> ChatSettings:
+    """ChatSettings from the settings sliders (their defaults are ChatSettings' own)."""
     try:
         return ChatSettings(pret=bool(pret), top_k=int(top_k), beta=float(beta), temperature=float(temperature),
                             top_p=float(top_p), max_new_tokens=int(max_new_tokens), safe=bool(safe),
@@ -168,21 +179,31 @@ def sticker_gallery(views: list[dict]) -> gr.Gallery:
                       allow_preview=True, buttons=["download"], object_fit="contain")
 
 
-def render(session: ChatSession, pending: list | None = None, pending_user: dict | None = None) -> list[dict]:
-    """Chatbot messages for the session's history (plus a reply in progress)."""
+def render(session: ChatSession) -> list[dict]:
+    """Chatbot messages for the session: its history, the exchange being answered (the reply so far)
+    and the messages waiting for their reply."""
     msgs = []
-    turns = list(session.history)
-    if pending_user is not None:
-        turns.append(pending_user)
-    for h in turns:
+    for h in session.history:
         if h["role"] == "user":
-            content = ([h["content"]] if h.get("content") else []) + [{"path": p} for p in h.get("images") or ()]
-            msgs.append({"role": "user", "content": content or [""]})
+            msgs.append(_user_message(h))
         elif h["role"] == "assistant":
             msgs.append({"role": "assistant", "content": _reply_content(h.get("parts"), h.get("content", ""))})
-    if pending is not None:
-        msgs.append({"role": "assistant", "content": _reply_content(pending, "") or ["…"]})
+    live = session.live
+    if live is not None:
+        user, parts = live
+        msgs.append(_user_message(user))
+        msgs.append({"role": "assistant", "content": _reply_content(parts, "") or ["…"]})
+    for user in list(session.outbox):
+        msgs.append(_user_message(user, QUEUED))
     return msgs
+
+
+QUEUED = "⏳ 排队中 queued"
+
+
+def _user_message(turn: dict, note: str = "") -> dict:
+    content = ([turn["content"]] if turn.get("content") else []) + [{"path": p} for p in turn.get("images") or ()]
+    return {"role": "user", "content": (content or [""]) + ([note] if note else [])}
 
 
 def _reply_content(parts, fallback: str) -> list:
@@ -199,35 +220,65 @@ def _reply_content(parts, fallback: str) -> list:
     return out
 
 
-def chat(service: StickerService, value: dict | str | None, session: ChatSession, settings: ChatSettings):
-    """Chat tab submit: yields (chatbot messages, cleared input, session, side gallery items, side views)."""
+def _files(files) -> list[str]:
+    return [f if isinstance(f, str) else (f.get("path") if isinstance(f, dict) else getattr(f, "path", str(f)))
+            for f in files or ()]
+
+
+def send(value: dict | str | None, session: ChatSession):
+    """Chat box submit: the message joins the session's outbox (answered in order by `reply`, also
+    when sent while a reply streams). Returns (chatbot messages, cleared input). A message that
+    cannot be sent (empty, an attachment that is not a readable sticker) raises and stays in the box."""
     if isinstance(value, dict):
-        text, files = value.get("text") or "", list(value.get("files") or [])
+        text, files = value.get("text") or "", _files(value.get("files"))
     else:
         text, files = value or "", []
-    files = [f if isinstance(f, str) else (f.get("path") if isinstance(f, dict) else getattr(f, "path", str(f)))
-             for f in files]
     if not text.strip() and not files:
         raise gr.Error("说点什么或发一张表情 Say something or send a sticker")
-    user = {"role": "user", "content": text, "images": files}
-    cleared = {"text": "", "files": []}
-    if not service.ready("chat"):
-        yield render(session, [("text", LOADING)], user), cleared, session, [], []
-        while not service.ready("chat"):
-            try:
-                service.wait("chat", timeout=2.0)
-            except NotReady as exc:
-                if not str(exc).startswith("the chat model is still loading"):
-                    raise _error(exc) from exc
+    for f in files:  # checked here, so a bad attachment is explained before the box is cleared
+        try:
+            load_sticker(f)
+        except (StickerImageError, OSError) as exc:
+            raise _error(exc) from exc
+    session.closed = False
+    session.outbox.append({"role": "user", "content": valid_text(text), "images": files})
+    return render(session), {"text": "", "files": []}
+
+
+def reply(service: StickerService, session: ChatSession, settings: ChatSettings):
+    """Answer the oldest message of the session's outbox, streaming: yields (chatbot messages, side
+    gallery items, side views). The chatbot shows the history, this exchange and what still waits."""
+    if not session.outbox:
+        return
+    user = session.outbox.popleft()
+    session.drop_live = False
+    session.live = (user, [("text", LOADING)] if not service.ready("chat") else [])
     try:
-        for update in service.chat(session, text, files, settings):
-            last_views = update.stickers
-            if update.done:
-                yield render(session), cleared, session, gallery_items(last_views), last_views
-            else:
-                yield render(session, update.parts, user), cleared, session, gallery_items(last_views), last_views
+        if not service.ready("chat"):
+            yield render(session), gr.skip(), gr.skip()
+            while not service.ready("chat"):
+                try:
+                    service.wait("chat", timeout=2.0)
+                except NotReady as exc:
+                    if not str(exc).startswith("the chat model is still loading"):
+                        raise _error(exc) from exc
+        for update in service.chat(session, user["content"], user["images"], settings):
+            if session.closed:  # a new chat replaced this one: what follows is not shown
+                return
+            views = update.stickers
+            session.live = None if update.done else (user, update.parts)
+            yield render(session), gallery_items(views), views
     except (ValueError, TypeError, NotReady, StickerImageError, OSError) as exc:
         raise _error(exc) from exc
+    finally:
+        session.live = None
+
+
+def chat(service: StickerService, value: dict | str | None, session: ChatSession, settings: ChatSettings):
+    """`send` then `reply` (what the chat box does, in one call): yields (chatbot messages, side
+    gallery items, side views)."""
+    send(value, session)
+    yield from reply(service, session, settings)
 
 
 def stop(session: ChatSession) -> None:
@@ -235,14 +286,16 @@ def stop(session: ChatSession) -> None:
 
 
 def undo(session: ChatSession):
-    """Drop the last exchange: (chatbot messages, session)."""
-    session.cancel.set()
+    """Drop the last exchange (see ChatSession.undo): (chatbot messages, session)."""
     session.undo()
     return render(session), session
 
 
-def new_chat():
-    """A fresh conversation: (chatbot messages, session, side gallery, side views)."""
+def new_chat(session: ChatSession | None = None):
+    """A fresh conversation: (chatbot messages, session, side gallery, side views). The old one's reply
+    in progress stops and its waiting messages are dropped."""
+    if session is not None:
+        session.close()
     return [], ChatSession(), [], []
 
 

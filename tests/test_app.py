@@ -92,14 +92,19 @@ def test_uploads_and_zips_are_indexed_and_searchable_at_once(service, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("x")
     progress = []
-    md, lib = webui.add_files(service, [str(one), str(archive), str(text)],
-                              progress=lambda f, desc: progress.append((f, desc)))
+    mine, before = len(service.library), service.status()
+    md, lib, status = webui.add_files(service, [str(one), str(archive), str(text)],
+                                      progress=lambda f, desc: progress.append((f, desc)))
     assert "已添加 added 2" in md and "跳过 skipped 5" in md
     for name, why in [("evil.png", "unsafe path"), ("abs.png", "unsafe path"), ("readme.txt", "not a sticker"),
                       ("notes.txt", "not a sticker file"), ("broken.png", "broken.png")]:
         assert name in md and why in md, (name, md)
     assert progress and progress[-1][0] == 1.0
     assert "我的表情 My stickers: **2**" in lib
+    # the library lists the upload as an upload, not as an internal cache path; the status line counts it
+    assert "上传 uploads (1 次 times)" in lib and str(service.library.directory) not in lib
+    assert f"(图库 gallery 9 + 我的 yours {mine})" in before
+    assert f"{11 + mine} 张表情 stickers (图库 gallery 9 + 我的 yours {mine + 2})" in status
     # searchable at once, served from the library's uploads folder
     hit = service.search(image=str(one), top_k=1)[0]
     assert Path(hit["file"]).name == "mine.png" and service.servable(hit["file"])
@@ -112,7 +117,7 @@ def test_folders_by_path_only_when_allowed(service, tmp_path):
     folder = tmp_path / "stickers"
     folder.mkdir()
     (folder / "a.png").write_bytes(png((90, 90, 10)))
-    md, lib = webui.add_folder(service, str(folder))
+    md, lib, _ = webui.add_folder(service, str(folder))
     assert "已添加 added 1" in md and str(folder) in lib and service.servable(folder / "a.png")
     with pytest.raises(gr.Error, match="not a folder"):
         webui.add_folder(service, str(tmp_path / "missing"))
@@ -145,8 +150,7 @@ def test_chat_streams_and_shows_the_retrieved_stickers_in_the_reply(service):
     session = ChatSession()
     outs = list(webui.chat(service, {"text": "来个表情包", "files": []}, session, GREEDY))
     assert len(outs) >= 3  # streamed: the reply grew over several updates
-    msgs, box, sess, side, views = outs[-1]
-    assert sess is session and box == {"text": "", "files": []}
+    msgs, side, views = outs[-1]
     assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[0]["content"] == ["来个表情包"]
     galleries = [c for c in msgs[1]["content"] if isinstance(c, gr.Gallery)]
     assert len(galleries) == 1 and len(side) == 3 and len(views) == 3
@@ -158,7 +162,7 @@ def test_chat_streams_and_shows_the_retrieved_stickers_in_the_reply(service):
     assert any(isinstance(c, gr.Gallery) for c in pending[0])
     # the second turn excludes what was shown
     outs2 = list(webui.chat(service, "再来", session, GREEDY))
-    views2 = outs2[-1][4]
+    views2 = outs2[-1][2]
     assert views2 and not {v["id"] for v in views2} & {v["id"] for v in views}
     assert len(session.history) == 4 and len(outs2[-1][0]) == 4
 
@@ -219,6 +223,56 @@ def test_undo_and_new_chat(service):
     assert webui.new_chat()[0] == [] and webui.new_chat()[1].history == []
 
 
+def test_a_message_sent_while_a_reply_streams_waits_and_is_answered_next(service):
+    session = ChatSession()
+    msgs, box = webui.send("一", session)
+    assert box == {"text": "", "files": []} and msgs == [{"role": "user", "content": ["一", webui.QUEUED]}]
+    first = webui.reply(service, session, GREEDY)
+    msgs, _, _ = next(first)  # the first reply streams ...
+    assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[0]["content"] == ["一"]
+    msgs, box = webui.send({"text": "二", "files": []}, session)  # ... and the person sends another
+    assert box == {"text": "", "files": []}
+    assert [m["content"][0] for m in msgs if m["role"] == "user"] == ["一", "二"]
+    assert msgs[-1]["content"] == ["二", webui.QUEUED]
+    outs = list(first)
+    assert outs[-1][0][-1]["content"] == ["二", webui.QUEUED]  # still waiting when the first reply ends
+    assert [h["content"] for h in session.history if h["role"] == "user"] == ["一"]
+    outs = list(webui.reply(service, session, GREEDY))  # the second send's reply
+    assert [h["content"] for h in session.history if h["role"] == "user"] == ["一", "二"]
+    assert [m["role"] for m in outs[-1][0]] == ["user", "assistant"] * 2 and not session.outbox
+    assert list(webui.reply(service, session, GREEDY)) == []  # nothing waits: nothing to answer
+
+
+def test_a_bad_attachment_is_refused_before_the_box_is_cleared(service, tmp_path):
+    bad = tmp_path / "fake.gif"
+    bad.write_bytes(b"GIF89a" + b"\0" * 5)
+    session = ChatSession()
+    with pytest.raises(gr.Error, match="fake.gif"):
+        webui.send({"text": "看这个", "files": [{"path": str(bad)}]}, session)
+    assert not session.outbox and session.history == []
+
+
+def test_undo_while_a_reply_streams_drops_that_exchange_and_new_chat_stops_it(service):
+    session = ChatSession()
+    list(webui.chat(service, "一", session, GREEDY))
+    settings = ChatSettings(temperature=0, max_new_tokens=200, top_k=2)
+    webui.send("二", session)
+    webui.send("三", session)
+    msgs, session = webui.undo(session)  # the latest waiting message goes first
+    assert [m["content"][0] for m in msgs if m["role"] == "user"] == ["一", "二"] and len(session.outbox) == 1
+    gen = webui.reply(service, session, settings)
+    next(gen)
+    webui.undo(session)  # now "二" is being answered: its reply stops and is not kept
+    rest = list(gen)
+    assert len(rest) <= 3 and [h["content"] for h in session.history if h["role"] == "user"] == ["一"]
+    webui.send("四", session)
+    gen = webui.reply(service, session, settings)
+    next(gen)
+    msgs, fresh, side, views = webui.new_chat(session)
+    assert msgs == [] and fresh is not session and fresh.history == [] and session.cancel.is_set()
+    assert list(gen) == []  # the old reply stops without drawing over the new chat
+
+
 def test_sessions_share_nothing(service):
     a, b = ChatSession(), ChatSession()
     list(webui.chat(service, "甲", a, GREEDY))
@@ -237,6 +291,29 @@ def test_a_service_that_failed_to_load_says_why(tmp_path):
     assert "⚠️" in s.status()
     with pytest.raises(NotReady, match="chat is unavailable"):
         s.wait("chat")
+
+
+def test_the_status_line_shows_how_far_the_first_indexing_of_the_gallery_got(tmp_path, monkeypatch):
+    import stickerclip.gallery
+    from tests.appworld import make_gallery, tiny_models
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    clip, _ = tiny_models()
+    seen, real = [], stickerclip.gallery.default_index
+
+    def watched(model, gallery, log=None, progress=True):
+        def spy(done, total):
+            progress(done, total)
+            seen.append(service.status())
+        return real(model, gallery, log=log, progress=spy)
+
+    monkeypatch.setattr(stickerclip.gallery, "default_index", watched)
+    opts = ServiceOptions(gallery=str(make_gallery(tmp_path / "gallery")), library=str(tmp_path / "lib"), ocr=False,
+                          chat=False, device="cpu")
+    service = StickerService(opts, log=lambda m: None, clip=clip)
+    service.start(background=False)
+    assert seen and seen[-1].startswith("⏳ 搜索 search: loading: indexing the sticker gallery 9/9")
+    assert service.status().startswith("✅ 搜索 search: ready · 9 张表情 stickers (图库 gallery 9 + 我的 yours 0)")
 
 
 # ---------------------------------------------------------------------------------- app.py

@@ -73,3 +73,72 @@ def test_chat_search_and_upload_in_a_browser(running_app):
     finally:
         driver.quit()
     assert all((shots / f).stat().st_size > 10_000 for f in ("chat.png", "chat-upload.png", "search.png"))
+
+
+def test_typing_while_a_reply_streams_is_kept_and_a_message_sent_then_waits_its_turn(running_app):
+    """The box is not cleared by the streaming reply, and Enter during a reply queues the message."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    service, url, root = running_app
+    driver = browser.chrome(str(root / "chrome-profile-typing"))
+    try:
+        driver.get(url)
+        browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#chat-input textarea"), 60,
+                         what="the chat box")
+        browser.send_chat(driver, "第一条")
+        browser.wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#chatbot .bot-row")) >= 1, 30,
+                         what="the first reply to start")
+        box = driver.find_element(By.CSS_SELECTOR, "#chat-input textarea")
+        box.send_keys("第二条")
+        box.send_keys(Keys.ENTER)  # sent while the first reply streams: it waits, shown as queued
+        browser.wait_for(lambda: "queued" in driver.find_element(By.CSS_SELECTOR, "#chatbot").text, 10,
+                         what="the second message shown as queued")
+        box.send_keys("还没写完")  # typed while replies stream: kept
+        browser.wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#chatbot .bot-row")) >= 2, 60,
+                         what="the reply to the queued message")
+        browser.watch_reply(driver, 2)
+        users = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#chatbot .user-row")]
+        assert len(users) == 2 and "第一条" in users[0] and "第二条" in users[1] and "queued" not in users[1]
+        assert driver.find_element(By.CSS_SELECTOR, "#chat-input textarea").get_attribute("value") == "还没写完"
+    finally:
+        driver.quit()
+
+
+def test_a_transparent_sticker_uploaded_to_search_finds_itself(running_app, tmp_path):
+    """Uploaded through the Search tab's image component, a transparent PNG finds the identical
+    sticker (indexed into the library) first, at score 1."""
+    from selenium.webdriver.common.by import By
+
+    from tests.test_uploads import SHAPES, transparent_sticker
+
+    service, url, root = running_app
+    stickers = [transparent_sticker(tmp_path / name, rgb, shape) for name, (rgb, shape) in SHAPES.items()]
+    service.add_files([str(s) for s in stickers])
+    seen = []
+    search = service.search
+
+    def spy(*args, **kwargs):
+        seen.append(search(*args, **kwargs))
+        return seen[-1]
+
+    service.search = spy
+    driver = browser.chrome(str(root / "chrome-profile-search"))
+    try:
+        driver.get(url)
+        next(b for b in browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "button[role=tab]"), 60,
+                                         what="the tabs") if "Search" in b.text).click()
+        upload = browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#search-image input[type=file]"),
+                                  10, what="the sticker upload")[0]
+        upload.send_keys(str(stickers[0]))
+        browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#search-image img"), 30,
+                         what="the uploaded sticker")
+        driver.find_element(By.CSS_SELECTOR, "#search-button").click()
+        browser.wait_for(lambda: seen, 30, what="the search")
+        assert browser.wait_for(lambda: browser.loaded_images(driver, "#search-results img") >= 3, 30,
+                                what="search results")
+    finally:
+        driver.quit()
+        del service.search
+    top = seen[-1][0]
+    assert Path(top["file"]).name == stickers[0].name and top["score"] == pytest.approx(1.0, abs=1e-3), top

@@ -216,9 +216,9 @@ def test_kill_during_a_chat_reply_keeps_every_sticker_the_library_accepted(tmp_p
     proc, url = _start_app(root, delay=0.25)
     try:
         client = Client(url, verbose=False, download_files=False)
-        md, _ = client.predict([handle_file(str(p)) for p in mine[:4]], api_name="/add_stickers")
+        md, _, _ = client.predict([handle_file(str(p)) for p in mine[:4]], api_name="/add_stickers")
         assert "已添加 added 4" in md
-        md, _ = client.predict([handle_file(str(p)) for p in mine[4:] + [tmp_path / "mine" / "again.png"]],
+        md, _, _ = client.predict([handle_file(str(p)) for p in mine[4:] + [tmp_path / "mine" / "again.png"]],
                                api_name="/add_stickers")
         assert "已添加 added 2" in md and "重复 duplicates 1" in md
         accepted = set(stored(root / "library"))
