@@ -1,5 +1,6 @@
 """The README's screenshots of the real app (not a benchmark): starts `python app.py` with the
-embedded default, asks the chat for stickers, searches, opens the library, and saves PNGs.
+embedded default and, with the app's default settings, asks the chat for stickers, searches by text
+and by an uploaded sticker, opens the library, and saves PNGs.
 
     python -m bench.screenshots --out assets/screenshots [--adapter DIR]
 
@@ -29,7 +30,11 @@ def main(argv=None) -> None:
     ap.add_argument("--port", type=int, default=7870)
     ap.add_argument("--message", default="来一张晚安的表情包")
     ap.add_argument("--query", default="加油")
-    ap.add_argument("--max-tokens", type=int, default=24, help="the reply's length in the chat screenshot")
+    ap.add_argument("--sticker", default=str(ROOT / "assets" / "gallery" / "images" / "1f621.png"),
+                    help="the sticker uploaded to search by (a transparent PNG)")
+    ap.add_argument("--upload", nargs="*", default=[str(ROOT / "assets" / "gallery" / "images" / f)
+                                                    for f in ("1f43b-200d-2744-fe0f.png", "1f631-wobble.gif")],
+                    help="stickers uploaded into the library")
     args = ap.parse_args(argv)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -59,18 +64,7 @@ def main(argv=None) -> None:
                 driver.get(f"http://127.0.0.1:{args.port}/")
                 browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#chat-input textarea"), 60,
                                  what="the chat box")
-                # settings: <pret> on and greedy, so the screenshot shows a retrieval
-                driver.find_element(By.XPATH, "//button[contains(., 'Settings')]").click()
-                time.sleep(0.5)
-                box = driver.find_element(By.XPATH, "//label[contains(., 'always retrieve')]//input")
-                if not box.is_selected():
-                    box.click()
-                for label, value in (("max new tokens", args.max_tokens), ("temperature", "0")):
-                    num = driver.find_element(By.XPATH, f"//*[contains(text(), '{label}')]/ancestor::div"
-                                              "[.//input[@type='number']][1]//input[@type='number']")
-                    num.send_keys(Keys.CONTROL, "a")
-                    num.send_keys(str(value), Keys.TAB)
-                time.sleep(0.5)
+                # the app's own default settings: what a person sees on first use
                 browser.send_chat(driver, args.message)
                 browser.watch_reply(driver, 1, settle=3.0, timeout=300)
                 browser.wait_for(lambda: browser.loaded_images(driver, "#chatbot .bot-row img") >= 1, 60,
@@ -90,9 +84,29 @@ def main(argv=None) -> None:
                                  what="search results")
                 time.sleep(1)
                 driver.save_screenshot(str(out / "search.png"))
+                q.send_keys(Keys.CONTROL, "a")
+                q.send_keys(Keys.DELETE)
+                driver.find_element(By.CSS_SELECTOR, "#search-image input[type=file]").send_keys(args.sticker)
+                browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#search-image img"), 30,
+                                 what="the uploaded sticker")
+                before = driver.find_element(By.CSS_SELECTOR, "#search-results").get_attribute("innerHTML")
+                driver.find_element(By.CSS_SELECTOR, "#search-button").click()
+                browser.wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "#search-results")
+                                 .get_attribute("innerHTML") != before, 60, what="results for the sticker")
+                browser.wait_for(lambda: browser.loaded_images(driver, "#search-results img") >= 6, 60,
+                                 what="search results")
+                time.sleep(1)
+                driver.save_screenshot(str(out / "search-sticker.png"))
                 tab = next(b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]")
                            if "My stickers" in b.text)
                 tab.click()
+                time.sleep(1)
+                for f in args.upload:  # two stickers into the library: the summary, the uploads, the count
+                    driver.find_element(By.CSS_SELECTOR, "#library-upload input[type=file]").send_keys(f)
+                    time.sleep(1)
+                next(b for b in driver.find_elements(By.TAG_NAME, "button") if "Upload & index" in b.text).click()
+                browser.wait_for(lambda: "added" in driver.find_element(By.TAG_NAME, "body").text, 120,
+                                 what="the upload summary")
                 time.sleep(1)
                 driver.save_screenshot(str(out / "library.png"))
             finally:
