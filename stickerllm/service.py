@@ -210,7 +210,7 @@ class StickerService:
         keep_freed_memory(256 << 20)  # convolution activations reuse freed memory, not fresh pages
         device = self._device()
         self.log(f"loading the models on {device} (the page is served meanwhile); the first run converts "
-                 "the embedded LLM and indexes the gallery once, a few minutes on 2 cores")
+                 "the embedded LLM and indexes the gallery once (about a minute on 2 idle cores)")
         try:
             t0 = time.time()
             if self.clip is None:
