@@ -103,12 +103,17 @@ def build(service, local_folders: bool = True):
                         ])
                     with gr.Column(scale=2):
                         with gr.Accordion("设置 Settings", open=False):
-                            pret = gr.Checkbox(value=chat0.pret, label="<pret> 每次都找表情 always retrieve stickers")
-                            top_k = gr.Slider(1, 24, value=chat0.top_k, step=1, label="每次表情数 stickers per retrieval (top-k)")
-                            beta = gr.Slider(0, 1, value=chat0.beta, step=0.05, label="β 表情文字权重 weight of sticker text")
-                            temperature = gr.Slider(0, 1.5, value=chat0.temperature, step=0.05, label="temperature (0 = greedy)")
+                            pret = gr.Checkbox(value=chat0.pret,
+                                               label="<pret> 每次都找表情 always retrieve stickers")
+                            top_k = gr.Slider(1, 24, value=chat0.top_k, step=1,
+                                              label="每次表情数 stickers per retrieval (top-k)")
+                            beta = gr.Slider(0, 1, value=chat0.beta, step=0.05,
+                                             label="β 表情文字权重 weight of sticker text")
+                            temperature = gr.Slider(0, 1.5, value=chat0.temperature, step=0.05,
+                                                    label="temperature (0 = greedy)")
                             top_p = gr.Slider(0.05, 1, value=chat0.top_p, step=0.05, label="top-p")
-                            max_tokens = gr.Slider(8, 512, value=chat0.max_new_tokens, step=8, label="最大长度 max new tokens")
+                            max_tokens = gr.Slider(8, 512, value=chat0.max_new_tokens, step=8,
+                                                   label="最大长度 max new tokens")
                             safe = gr.Checkbox(value=chat0.safe, label="安全模式 safe mode (hide harmful stickers)")
                         side = gr.Gallery(label="本轮表情 Stickers in the last reply", columns=4, height=260,
                                           buttons=["download"], elem_id="side-gallery")

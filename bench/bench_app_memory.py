@@ -8,9 +8,10 @@ the app's resident memory (VmRSS) is sampled throughout.
     python -m bench.bench_app_memory --url URL --pid PID   # an app already serving
 
 Reported (one JSON object on stdout, progress on stderr): RSS when the app says it is loaded (before
-any request), when ready (after one search and one chat), after the chats, after the searches, its peak and its growth after the first tenth of each phase (the warm-up: caches filled
-once, first-touch allocations), in MiB. Bounded means the growth after warm-up stays small and does
-not scale with the number of requests.
+any request), when ready (after one search and one chat), after the chats, after the searches, its
+peak and its growth after the first tenth of each phase (the warm-up: caches filled once, weights
+paged in, first-touch allocations), in MiB. Bounded means the growth after warm-up stays small and
+does not scale with the number of requests.
 """
 from __future__ import annotations
 
@@ -123,7 +124,8 @@ def summary(samples: list[tuple[str, float]]) -> dict:
         warm = xs[max(0, len(xs) // 10 - 1)]
         out[f"rss_after_{phase}_mib"] = round(xs[-1], 1)
         out[f"growth_after_warmup_{phase}_mib"] = round(xs[-1] - warm, 1)
-        out[f"trace_{phase}_mib"] = [round(xs[min(len(xs) - 1, i * len(xs) // 10)]) for i in range(10)] + [round(xs[-1])]
+        tenths = [xs[min(len(xs) - 1, i * len(xs) // 10)] for i in range(10)] + [xs[-1]]
+        out[f"trace_{phase}_mib"] = [round(x) for x in tenths]
     return out
 
 
