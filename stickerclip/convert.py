@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -121,7 +122,11 @@ def _rename_vit(sd: dict, layers: int) -> dict:
 
 def from_cn_clip_checkpoint(path: str | os.PathLike, arch=None) -> StickerCLIP:
     """Convert an original Chinese-CLIP / Sticker820K checkpoint into a StickerCLIP."""
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    try:  # tensors and plain data only: a checkpoint from elsewhere must not run code while loading
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: holds more than tensors and plain data, refused ({str(exc).splitlines()[0]})") \
+            from None
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
         raise ValueError(f"{path}: not a cn_clip checkpoint (no state_dict)")

@@ -305,7 +305,7 @@ def read_sticker820k(root: str | os.PathLike, split: str | None = "train",
                     where = f"listed in {split}.txt but missing from infos/" if split else "key is not valid UTF-8"
                     raise RecordError(f"{root}/infos[{name}]: {where}")
                 try:
-                    info = pickle.loads(raw)  # noqa: S301 - the release format is pickle
+                    info = safe_unpickle(raw)
                 except Exception as exc:
                     raise RecordError(f"{root}/infos[{name}]: cannot unpickle: {exc}") from None
                 yield record_from_sticker820k(name, info, root)
@@ -313,6 +313,29 @@ def read_sticker820k(root: str | os.PathLike, split: str | None = "train",
                 if on_error is None:
                     raise
                 on_error(exc)
+
+
+class _ReleaseUnpickler(pickle.Unpickler):
+    """Unpickles only plain data: dicts, lists, tuples, strings, bytes, numbers, booleans, None (all
+    built by pickle's own opcodes) and the few containers below. Any other global, such as a function
+    a hostile file would call (`os.system`), is refused before it is looked up."""
+
+    ALLOWED = {(m, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset", "bytearray")} | {
+        ("collections", "OrderedDict"), ("_codecs", "encode")}  # protocols 0-2: Python 2's module
+    # name for builtins, and bytes written as _codecs.encode(text, "latin1")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused {module}.{name}: a Sticker820K info holds plain data only")
+        return super().find_class(module, name)
+
+
+def safe_unpickle(data: bytes):
+    """`pickle.loads` for Sticker820K's `infos/` entries (data downloaded from elsewhere): plain data
+    only (see _ReleaseUnpickler); anything else raises pickle.UnpicklingError without running it."""
+    import io
+
+    return _ReleaseUnpickler(io.BytesIO(data)).load()
 
 
 def write_sticker820k(records: Iterable[StickerRecord], root: str | os.PathLike,

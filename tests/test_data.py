@@ -211,3 +211,44 @@ def test_read_records_dispatch(tmp_path):
     assert [r.id for r in read_records(corpus, split="test")] == ["x"]
     with pytest.raises(FileNotFoundError):
         read_records(tmp_path / "nothing")
+
+
+class _Hostile:
+    """Unpickling this would create a folder (a stand-in for os.system(...)): a hostile release entry."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.target,)
+
+
+def test_sticker820k_reader_refuses_a_pickle_that_would_run_code(tmp_path):
+    from collections import OrderedDict
+
+    from stickerclip.data import safe_unpickle
+
+    target = tmp_path / "pwned"
+    plain = {"caption": "好", "emotion_class": "微笑", "ocr_text": "", "n": 3, "tags": ["a"], "t": (1.5, None),
+             "s": {"x"}, "o": OrderedDict(a=1), "b": b"\x00"}
+    for protocol in (2, 4, 5):
+        assert safe_unpickle(pickle.dumps(plain, protocol=protocol)) == plain
+    entries = {"good.png": pickle.dumps({"caption": "好", "style_class": "可爱卡通"}),
+               "hostile.png": pickle.dumps({"caption": _Hostile(str(target))})}
+    root = tmp_path / "release"
+    root.mkdir()
+    env_i = lmdb.open(str(root / "infos"), map_size=1 << 24)
+    env_b = lmdb.open(str(root / "imgs"), map_size=1 << 24)
+    with env_i.begin(write=True) as ti, env_b.begin(write=True) as tb:
+        for name, info in entries.items():
+            ti.put(name.encode(), info)
+            tb.put(name.encode(), png_bytes())
+    env_i.close()
+    env_b.close()
+    (root / "train.txt").write_text("good.png\nhostile.png\n")
+    errors = []
+    recs = list(read_sticker820k(root, "train", on_error=errors.append))
+    assert [r.id for r in recs] == ["good.png"] and not target.exists()
+    assert len(errors) == 1 and "hostile.png" in str(errors[0]) and "refused posix.mkdir" in str(errors[0])

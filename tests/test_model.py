@@ -112,6 +112,23 @@ def test_cn_clip_checkpoint_conversion_gives_same_features(tmp_path, info):
     np.testing.assert_array_equal(back.encode_texts(texts), m.encode_texts(texts))
 
 
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, ("/tmp/sticker-chat-pwned-by-a-checkpoint",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    import os
+
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": _RunsCode()}, ckpt)
+    with pytest.raises(ValueError, match="evil.pt: holds more than tensors and plain data, refused"):
+        load_model(str(ckpt), arch=TINY_CN_CLIP_VIT)
+    assert not os.path.exists("/tmp/sticker-chat-pwned-by-a-checkpoint")
+
+
 def test_cn_clip_checkpoint_needs_a_fitting_arch(tmp_path):
     ref = cn_clip_model(TINY_CN_CLIP_VIT)
     ckpt = tmp_path / "c.pt"
