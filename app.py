@@ -3,7 +3,7 @@
     python app.py                     # the embedded default, offline, http://127.0.0.1:7860
     python app.py --llm Qwen/Qwen2.5-1.5B-Instruct --adapter runs/qwen --clip runs/clip --device cuda
 
-Handlers are plain functions in `stickerllm.webui` over a `stickerllm.service.StickerService`.
+Handlers are plain functions in `webui.py` over a `stickerllm.service.StickerService`.
 Every flag can also come from the environment: STICKER_CHAT_<FLAG> (e.g. STICKER_CHAT_PORT).
 """
 import argparse
@@ -55,7 +55,7 @@ def _loopback(host: str) -> bool:
 def build(service, local_folders: bool = True):
     """The Blocks for a StickerService (not launched)."""
     from stickerclip.gallery import GALLERY
-    from stickerllm import webui
+    import webui
     from stickerclip.index import BETA
     from stickerllm.service import SEARCH_TOP_K, ChatSession
 
@@ -75,7 +75,8 @@ def build(service, local_folders: bool = True):
         timer = gr.Timer(2.0)
         session = gr.State(ChatSession())
         side_views = gr.State([])
-        search_views = gr.JSON([], visible=False)  # the results' details (an output of /search too)
+        search_views = gr.State([])  # the results as the app keeps them (server files inside)
+        search_details = gr.JSON([], visible=False)  # what /search returns: ids and details, no server paths
         picked = gr.State(None)
         with gr.Tabs(selected="chat") as tabs:
             # ------------------------------------------------------------------ chat
@@ -194,19 +195,24 @@ def build(service, local_folders: bool = True):
         side.select(pick, [side_views], [side_info, side_dl, picked], api_visibility="private")
         results.select(pick, [search_views], [q_info, q_dl, picked], api_visibility="private")
 
-        search_fn = gpu(functools.partial(webui.search, s))
+        def search_fn(*query):
+            items, views, note = webui.search(s, *query)
+            return items, webui.public_views(views), note, views
+
+        search_fn = gpu(search_fn)
+        search_out = [results, search_details, q_note, search_views]
         q_btn.click(search_fn, [q_text, q_image, q_k, q_beta, q_emotions, q_style, q_safe],
-                    [results, search_views, q_note], api_name="search", concurrency_id="search",
+                    search_out, api_name="search", concurrency_id="search",
                     concurrency_limit=2)
         q_text.submit(search_fn, [q_text, q_image, q_k, q_beta, q_emotions, q_style, q_safe],
-                      [results, search_views, q_note], api_visibility="private", concurrency_id="search")
+                      search_out, api_visibility="private", concurrency_id="search")
 
         def more_fn(sid, k, safe_):
             items, views, note = webui.more_like(s, sid, k, safe_)
-            return items, views, note, gr.Tabs(selected="search")
+            return items, webui.public_views(views), note, views, gr.Tabs(selected="search")
 
         for btn in (side_more, q_more):
-            btn.click(more_fn, [picked, q_k, q_safe], [results, search_views, q_note, tabs],
+            btn.click(more_fn, [picked, q_k, q_safe], [*search_out, tabs],
                       api_visibility="private", concurrency_id="search")
 
         def folder_fn(path, progress=gr.Progress()):

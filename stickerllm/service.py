@@ -8,7 +8,7 @@ person's own library searched as one, chat sessions, and indexing of folders and
     for update in service.chat(session, "来个开心的表情包", settings=ChatSettings(pret=True)):
         update.parts                                # [("text", str) | ("stickers", [view, ...]), ...]
 
-`app.py` lays these out in Gradio (through `stickerllm.webui`); tests call them directly.
+`app.py` lays these out in Gradio (through `webui.py` beside it); tests call them directly.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The app's handlers (stickerllm.service, stickerllm.webui) and app.py, with tiny models: search,
+"""The app's handlers (stickerllm.service, webui.py) and app.py, with tiny models: search,
 library uploads, streaming chat with galleries, sessions, API endpoints and file serving."""
 import copy
 import threading
@@ -11,7 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from stickerllm import webui
+import webui
 from stickerllm.chat import ChatSettings
 from stickerllm.service import ChatSession, NotReady, ServiceOptions, StickerService
 from tests.appworld import COLOURS, HARMFUL, free_port, png
@@ -316,6 +316,21 @@ def test_the_status_line_shows_how_far_the_first_indexing_of_the_gallery_got(tmp
     assert service.status().startswith("✅ 搜索 search: ready · 9 张表情 stickers (图库 gallery 9 + 我的 yours 0)")
 
 
+def test_the_packages_do_not_import_gradio():
+    """Gradio belongs to app.py and webui.py; the models, the index and the service work without it."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, pkgutil, sys, stickerclip, stickerllm\n"
+            "for pkg in (stickerclip, stickerllm):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+            "        importlib.import_module(pkg.__name__ + '.' + m.name)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'gradio'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
 # ---------------------------------------------------------------------------------- app.py
 def test_flags_and_environment(monkeypatch):
     import app
@@ -407,7 +422,7 @@ def test_concurrent_searches_through_the_queue(service):
 def test_a_reply_shows_its_words_above_its_stickers(tmp_path):
     from PIL import Image
 
-    from stickerllm.webui import _reply_content
+    from webui import _reply_content
 
     Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
     views = [{"file": str(tmp_path / "a.png"), "caption": "红"}]

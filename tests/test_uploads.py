@@ -100,9 +100,10 @@ def test_transparent_stickers_uploaded_through_the_api_find_themselves_first(blo
     summary, _, status = client.predict([handle_file(str(s)) for s in stickers], api_name="/add_stickers")
     assert "added 3" in summary and "我的 yours 3)" in status
     for s in stickers:
-        _, results, note = client.predict("", handle_file(str(s)), 5, 0.3, [], "", True, api_name="/search")
-        top = results[0]
-        assert Path(top["file"]).name == s.name, f"{s.name}: first was {top['file']} ({note})"
+        gallery, results, note = client.predict("", handle_file(str(s)), 5, 0.3, [], "", True, api_name="/search")
+        top, shown = results[0], Path(gallery[0]["image"]["path"]).name
+        assert shown == s.name, f"{s.name}: first was {shown} ({note})"
+        assert not any(str(v).startswith("/") for r in results for v in r.values())  # no server paths
         assert top["score"] == pytest.approx(1.0, abs=1e-3), f"{s.name}: the identical sticker scored {top['score']}"
     # the same through the service, with the pixels as the loader sees them: transparency on white
     from stickerclip.images import load_sticker
