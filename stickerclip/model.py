@@ -310,14 +310,25 @@ class StickerCLIP(nn.Module):
 
     def identity(self) -> str:
         """A fingerprint of what this model computes: config and owned weights (not the frozen LLM's
-        weights, which are named by the config). Indexes record it to refuse mixing models."""
+        weights, which are named by the config). Indexes record it to refuse mixing models.
+
+        Hashed once and kept while the config and the weights are unchanged (a weight changed in
+        place, by training or load_state_dict, bumps its tensor's version and the hash is redone)."""
         import hashlib
 
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True, default=str).encode())
-        for k, v in sorted(self.own_state_dict().items()):
+        config = json.dumps(asdict(self.config), sort_keys=True, default=str)
+        weights = sorted(self.own_state_dict().items())
+        key = (config, tuple((k, v.data_ptr(), v._version, v.dtype, str(v.device)) for k, v in weights))
+        cached = getattr(self, "_identity", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        h = hashlib.sha256(config.encode())
+        for k, v in weights:
             h.update(k.encode())
             h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        return f"{self.config.name or 'stickerclip'}-{h.hexdigest()[:16]}"
+        ident = f"{self.config.name or 'stickerclip'}-{h.hexdigest()[:16]}"
+        self._identity = (key, ident)
+        return ident
 
     def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write config, weights (safetensors) and tokenizer files to `directory`, atomically per file.
