@@ -233,8 +233,7 @@ def build(service, local_folders: bool = True):
                       [api_out, api_gallery, api_session], api_name="chat", concurrency_id="model")
 
         def tick():
-            ready = s.ready("search") and (s.ready("chat") or not s.options.chat or "error" in s.status())
-            return s.status(), webui.library_info(s), gr.Timer(active=not ready)
+            return s.status(), webui.library_info(s), gr.Timer(active=not s.settled())
 
         timer.tick(tick, None, [status, lib_info, timer], api_visibility="private", queue=False)
         demo.load(lambda: (s.status(), webui.library_info(s)), None, [status, lib_info],

@@ -20,7 +20,7 @@ from stickerclip.images import StickerImageError, load_sticker
 
 from stickerllm.chat import ChatSettings
 from stickerllm.prompt import valid_text
-from stickerllm.service import SEARCH_TOP_K, ChatSession, NotReady, StickerService
+from stickerllm.service import SEARCH_TOP_K, ChatSession, NotReady, StickerService, StillLoading
 
 SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
 DEFAULTS = ChatSettings()  # the one set of chat defaults: sliders, the API and the docs
@@ -269,9 +269,8 @@ def reply(service: StickerService, session: ChatSession, settings: ChatSettings)
             while not service.ready("chat"):
                 try:
                     service.wait("chat", timeout=2.0)
-                except NotReady as exc:
-                    if not str(exc).startswith("the chat model is still loading"):
-                        raise _error(exc) from exc
+                except StillLoading:
+                    continue
         for update in service.chat(session, user["content"], user["images"], settings):
             if session.closed:  # a new chat replaced this one: what follows is not shown
                 return

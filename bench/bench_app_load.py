@@ -67,7 +67,7 @@ def wait_ready(url: str, timeout: float, alive=lambda: True) -> None:
             client.predict("你好", [], {"max_new_tokens": 1, "temperature": 0}, api_name="/chat")
             return
         except Exception as exc:  # not up yet, or a model still loading
-            if "unavailable" in str(exc):  # failed to load (NotReady says why): waiting will not help
+            if "unavailable" in str(exc):  # failed to load (Unavailable says why): waiting will not help
                 raise RuntimeError(f"the app at {url} cannot serve: {exc}") from exc
             last = exc
             time.sleep(1.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import enum
 import errno
 import json
 import os
@@ -38,8 +39,26 @@ MAX_MEMBER_BYTES = 64 << 20  # one sticker file from an upload or a zip
 SEARCH_TOP_K = 24  # results of a search (the search tab's default; "more like this" too)
 
 
+class Phase(enum.Enum):
+    """Where a part of the service ("search" or "chat") stands."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "error"
+    OFF = "off"
+
+
 class NotReady(RuntimeError):
-    """A model the request needs is still loading (or failed to load: the message says why)."""
+    """A model the request needs is not ready: still loading (StillLoading) or unavailable (Unavailable:
+    it failed to load or is off; the message says why)."""
+
+
+class StillLoading(NotReady):
+    """The model is still loading: waiting helps."""
+
+
+class Unavailable(NotReady):
+    """The model failed to load or is off here: waiting does not help."""
 
 
 @dataclass
@@ -162,7 +181,9 @@ class StickerService:
         self.chatter = None
         self._search_ready = threading.Event()
         self._chat_ready = threading.Event()
-        self._state = {"search": "loading", "chat": "loading" if self.options.chat else "off"}
+        self._state: dict[str, tuple[Phase, str]] = {  # part -> (phase, what the status line says)
+            "search": (Phase.LOADING, "loading"),
+            "chat": (Phase.LOADING, "loading") if self.options.chat else (Phase.OFF, "off")}
         self._index_lock = threading.Lock()
         self._roots: list[Path] = []
         self._root_listeners: list[Callable[[str], None]] = []
@@ -214,18 +235,18 @@ class StickerService:
         try:
             t0 = time.time()
             if self.clip is None:
-                self._state["search"] = ("loading StickerCLIP and the LLM its text tower reads with (the first run "
-                                         "converts the embedded LLM from GGUF once: about a minute)")
+                self._set("search", Phase.LOADING, "loading StickerCLIP and the LLM its text tower reads with (the "
+                          "first run converts the embedded LLM from GGUF once: about a minute)")
                 self.clip = load_model(self._clip_source(), device=device)
             if self.options.gallery:
                 def indexing(done, total):
-                    self._state["search"] = (f"loading: indexing the sticker gallery {done:,}/{total:,} (once per "
-                                             "sticker model; kept in the cache)")
+                    self._set("search", Phase.LOADING, f"loading: indexing the sticker gallery {done:,}/{total:,} "
+                              "(once per sticker model; kept in the cache)")
 
-                self._state["search"] = "loading the sticker gallery's index"
+                self._set("search", Phase.LOADING, "loading the sticker gallery's index")
                 self.gallery = default_index(self.clip, self.options.gallery, log=self.log, progress=indexing)
                 self._add_root(self.options.gallery)
-            self._state["search"] = "loading your sticker library"
+            self._set("search", Phase.LOADING, "loading your sticker library")
             lib = Path(self.options.library).expanduser() if self.options.library else \
                 cache_dir() / "library" / self.clip.identity()
             previous = None if self.options.library or lib.exists() else _previous_library(lib.parent)
@@ -233,19 +254,20 @@ class StickerService:
             if previous is not None:
                 self.log(f"the sticker model changed: re-indexing your library from {previous} with it "
                          f"(the old index is kept there)")
-                self._state["search"] = "loading: re-indexing your library with the new sticker model (once)"
+                self._set("search", Phase.LOADING, "loading: re-indexing your library with the new sticker model "
+                          "(once)")
                 summary = self.library.carry_over(previous)
                 self.log(f"library re-indexed: {summary}")
             self._add_root(lib)
             for folder in self.library.folders():
                 self._add_root(folder)
             self.indexes = IndexSet([self.gallery, self.library])
-            self._state["search"] = "ready"
+            self._set("search", Phase.READY, "ready")
             self._search_ready.set()
             self.log(f"search ready: {len(self.indexes)} stickers ({time.time() - t0:.1f} s)")
         except Exception as exc:  # shown in the UI's status line; requests get NotReady with it
-            self._state["search"] = f"error: {exc}"
-            self._state["chat"] = "off: search failed to load"
+            self._set("search", Phase.FAILED, f"error: {exc}")
+            self._set("chat", Phase.OFF, "off: search failed to load")
             self._search_ready.set()
             self._chat_ready.set()
             self.log(f"search failed to load: {exc}")
@@ -266,44 +288,55 @@ class StickerService:
         try:
             if self.model is not None:
                 self.chatter = StickerChat(self.model, self.indexes)
-                self._state["chat"] = "ready"
+                self._set("chat", Phase.READY, "ready")
                 return
             if not (adapter / "config.json").is_file():
                 raise FileNotFoundError(f"no StickerLLM adapter in {adapter} (train one: python -m "
                                         "train.train_stickerllm, or pass --adapter)")
             t0 = time.time()
-            self._state["chat"] = "loading the LLM and the StickerLLM adapter"
+            self._set("chat", Phase.LOADING, "loading the LLM and the StickerLLM adapter")
             self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device)
             self.chatter = StickerChat(self.model, self.indexes)
-            self._state["chat"] = "ready"
+            self._set("chat", Phase.READY, "ready")
             self.log(f"chat ready: {self.model.config.llm} + {adapter} ({time.time() - t0:.1f} s)")
         except Exception as exc:
-            self._state["chat"] = f"error: {exc}"
+            self._set("chat", Phase.FAILED, f"error: {exc}")
             self.log(f"chat failed to load: {exc}")
         finally:
             self._chat_ready.set()
 
+    def _set(self, what: str, phase: Phase, text: str) -> None:
+        self._state[what] = (phase, text)
+
     def wait(self, what: str = "search", timeout: float | None = None) -> None:
-        """Block until `what` ("search" or "chat") is ready; NotReady if it failed or timed out."""
+        """Block until `what` ("search" or "chat") is ready; StillLoading on timeout, Unavailable if it
+        failed to load or is off."""
         if what == "chat" and not self.options.chat:
-            raise NotReady("chat is off in this app (started without an LLM)")
+            raise Unavailable("chat is off in this app (started without an LLM)")
         event = self._search_ready if what == "search" else self._chat_ready
         if self._thread is None:
             self.start()
         if not event.wait(timeout):
-            raise NotReady(f"the {what} model is still loading: {self._state[what]}")
-        if self._state[what] != "ready":
-            raise NotReady(f"{what} is unavailable: {self._state[what]}")
+            raise StillLoading(f"the {what} model is still loading: {self._state[what][1]}")
+        if self.phase(what) is not Phase.READY:
+            raise Unavailable(f"{what} is unavailable: {self._state[what][1]}")
+
+    def phase(self, what: str = "search") -> Phase:
+        return self._state[what][0]
 
     def ready(self, what: str = "search") -> bool:
-        return self._state.get(what) == "ready"
+        return self.phase(what) is Phase.READY
+
+    def settled(self) -> bool:
+        """Nothing is loading any more (each part ready, failed or off)."""
+        return all(phase is not Phase.LOADING for phase, _ in self._state.values())
 
     def status(self) -> str:
         """One line for the UI: what is ready, what is loading, what failed."""
         def part(what, zh):
-            st = self._state[what]
-            mark = "✅" if st == "ready" else ("⏳" if st.startswith("loading") else "⚠️")
-            return f"{mark} {zh} {what}: {st}"
+            phase, text = self._state[what]
+            mark = {Phase.READY: "✅", Phase.LOADING: "⏳"}.get(phase, "⚠️")
+            return f"{mark} {zh} {what}: {text}"
 
         return f"{part('search', '搜索')}{self.counts()} · {part('chat', '聊天')}"
 

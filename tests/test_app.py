@@ -13,7 +13,8 @@ import pytest
 
 import webui
 from stickerllm.chat import ChatSettings
-from stickerllm.service import ChatSession, NotReady, ServiceOptions, StickerService
+from stickerllm.service import ChatSession, NotReady, Phase, ServiceOptions, StickerService, StillLoading, \
+    Unavailable
 from tests.appworld import COLOURS, HARMFUL, free_port, png
 
 GREEDY = ChatSettings(temperature=0, max_new_tokens=6, top_k=3)
@@ -286,11 +287,20 @@ def test_sessions_share_nothing(service):
 def test_a_service_that_failed_to_load_says_why(tmp_path):
     opts = ServiceOptions(clip=str(tmp_path / "no-such-model"), gallery=None, library=str(tmp_path / "lib"))
     s = StickerService(opts, log=lambda m: None).start(background=False)
-    with pytest.raises(NotReady, match="search is unavailable: error: .*no-such-model"):
+    with pytest.raises(Unavailable, match="search is unavailable: error: .*no-such-model"):
         s.search("hi")
-    assert "⚠️" in s.status()
-    with pytest.raises(NotReady, match="chat is unavailable"):
+    assert "⚠️" in s.status() and s.phase("search") is Phase.FAILED and s.settled()
+    with pytest.raises(Unavailable, match="chat is unavailable"):
         s.wait("chat")
+
+
+def test_a_loading_service_says_so_and_is_not_settled(tmp_path):
+    s = StickerService(ServiceOptions(gallery=None, library=str(tmp_path / "lib")), log=lambda m: None)
+    s._thread = threading.Thread(target=lambda: None)  # as if loading in the background
+    with pytest.raises(StillLoading, match="the search model is still loading: loading"):
+        s.wait("search", timeout=0.01)
+    assert s.phase("chat") is Phase.LOADING and not s.settled() and s.status().startswith("⏳ 搜索 search: loading")
+    assert isinstance(StillLoading("x"), NotReady) and isinstance(Unavailable("x"), NotReady)
 
 
 def test_the_status_line_shows_how_far_the_first_indexing_of_the_gallery_got(tmp_path, monkeypatch):
