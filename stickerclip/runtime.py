@@ -11,8 +11,8 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
     """Ask glibc to keep freed blocks up to `threshold` bytes instead of unmapping them.
 
     Activation tensors of a convolutional tower are tens of MB: by default glibc maps and unmaps
-    each one, and the page faults that follow cost more than the convolutions (measured on 2 cores:
-    EfficientNet-Lite0 trunk 164 -> 268 images/s at batch 8). Returns False where there is no glibc."""
+    each one, and the page faults that follow cost more than the convolutions (the figures are in
+    bench/RESULTS.md, "StickerCLIP on held-out concepts"). Returns False where there is no glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
