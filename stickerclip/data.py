@@ -191,28 +191,75 @@ def write_jsonl(records: Iterable[StickerRecord], manifest: str | os.PathLike) -
 
 def read_folder(folder: str | os.PathLike, on_error: Callable[[Exception], None] | None = None
                 ) -> Iterator[StickerRecord]:
-    """Records for every image under `folder` (recursive, sorted, symlinked dirs not followed).
+    """Records for every sticker file under `folder`, as `walk_stickers` finds them.
 
-    `id` is the path relative to `folder` with '/' separators. Files are not opened here.
+    `id` is the path relative to `folder` with '/' separators. Files are not opened here. A file
+    the walk refuses is an UnreadableImageError (to `on_error`, else raised).
     """
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a folder")
 
-    def walk_error(exc: OSError):
-        err = UnreadableImageError(exc.filename or str(root), exc.strerror or str(exc))
+    def refused(path: str, reason: str):
+        err = UnreadableImageError(path, reason)
         if on_error is None:
             raise err
         on_error(err)
 
-    for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error, followlinks=False):
+    for path in walk_stickers(root, refused):
+        full = Path(path)
+        yield StickerRecord(id=full.relative_to(root).as_posix(), image=str(full))
+
+
+def walk_stickers(folder: str | os.PathLike, refused: Callable[[str, str], None]) -> Iterator[str]:
+    """Paths of the sticker files under `folder` (by extension, IMAGE_EXTENSIONS): recursive,
+    sorted, symlinked folders not followed. The one walk of a folder, for `read_folder` and for
+    `StickerIndex.add_folder`.
+
+    Refused, each told to `refused(path, reason)` and not yielded: a folder that cannot be listed,
+    a name below `folder` that is not valid UTF-8 (its path shown with \\xNN), a broken or
+    looping symlink, a symlink that leads out of `folder`.
+    """
+    top = os.fspath(folder)
+    inside = Path(folder).resolve()
+
+    def unlisted(exc: OSError):
+        refused(exc.filename or top, exc.strerror or str(exc))
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unlisted, followlinks=False):
         dirnames.sort()
-        for fname in sorted(filenames):
-            if not fname.lower().endswith(IMAGE_EXTENSIONS):
+        for name in sorted(filenames):
+            if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
-            full = Path(dirpath) / fname
-            rel = full.relative_to(root).as_posix()
-            yield StickerRecord(id=rel, image=str(full))
+            path = os.path.join(dirpath, name)
+            if not is_utf8(path[len(top):]):  # paths are stored as UTF-8 text (SQLite, JSONL)
+                refused(printable_path(path), "file name is not valid UTF-8 (rename the file)")
+                continue
+            if os.path.islink(path):
+                try:
+                    target = Path(path).resolve(strict=True)
+                except (OSError, RuntimeError) as exc:
+                    refused(path, f"broken or looping symlink ({exc.__class__.__name__})")
+                    continue
+                if inside not in target.parents:
+                    refused(path, "symlink points outside the folder")
+                    continue
+            yield path
+
+
+def is_utf8(text: str) -> bool:
+    """False for a name from the file system with bytes that are not UTF-8 (os.walk gives them as
+    lone surrogates)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable_path(path: str) -> str:
+    """A path that can be printed and stored: undecodable bytes of its name as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from stickerclip.data import StickerRecord
+from stickerclip.data import StickerRecord, read_folder
+from stickerclip.images import UnreadableImageError
 from stickerclip.index import IndexModelMismatch, StickerIndex
 from stickerclip.model import load_model
 from stickerclip.vectors import VectorIndex
@@ -112,6 +113,39 @@ def test_bad_files_are_reported_and_skipped(tmp_path, tiny):
     assert set(failed) == {"empty.png", "text.png", "trunc.png", "loop.png", "out.png"}
     assert "zero bytes" in failed["empty.png"] and "outside" in failed["out.png"]
     assert "failed: " in str(s) and "text.png" in str(s)
+
+
+def test_the_index_and_read_folder_walk_a_folder_alike(tmp_path, tiny):
+    """One walk of a folder: the index and read_folder take the same files as stickers and refuse
+    the same ones, among them a symlink that leads out of the folder."""
+    folder = tmp_path / "walk"
+    make_folder(folder, 2)
+    make_folder(folder / "sub", 2, start=10)
+    (folder / "UP.PNG").write_bytes(noise_png(20))
+    (folder / "notes.txt").write_text("not a sticker")
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(noise_png(30))
+    (folder / "out.png").symlink_to(outside)
+    (folder / "sub" / "up.png").symlink_to(folder / "s000.png")  # a link inside the folder is a sticker
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "far.png").write_bytes(noise_png(31))
+    (folder / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)  # not followed
+    with open(os.fsencode(folder) + b"/bad\xff.png", "wb") as fh:
+        fh.write(noise_png(32))
+    errors = []
+    records = list(read_folder(folder, on_error=errors.append))
+    assert [r.id for r in records] == ["UP.PNG", "s000.png", "s001.png", "sub/s010.png", "sub/s011.png", "sub/up.png"]
+    with pytest.raises(UnreadableImageError, match="not valid UTF-8"):  # without on_error, the first refused
+        list(read_folder(folder))
+    with StickerIndex.open(tmp_path / "idx", tiny, ocr=False) as idx:
+        s = idx.add_folder(folder, progress=False)
+        indexed = {p for (p,) in idx.db.execute("SELECT path FROM files")}
+    assert indexed == {str(folder.resolve() / r.id) for r in records}
+    assert (s.added, s.duplicates) == (5, 1)
+    refused = {Path(e.path).name: e.reason for e in errors}
+    assert {Path(p).name: why for p, why in s.failed} == refused
+    assert refused == {"out.png": "symlink points outside the folder",
+                       "bad\\xff.png": "file name is not valid UTF-8 (rename the file)"}
 
 
 def test_kill_and_resume_cli(tmp_path, tiny_dir):
