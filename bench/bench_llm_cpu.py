@@ -119,7 +119,7 @@ def run_chat(chat, n):
 
 def retrieval_latency(model, index, k=8, runs=50):
     """Median ms of W_t query + index search, and of one decode step."""
-    from stickerllm.chat import DynamicDecoder
+    from stickerllm.decoding import DynamicDecoder
     from stickerllm.tokens import END_RET
 
     hs = torch.randn(runs, model.config.hidden_size)

@@ -66,7 +66,8 @@ def build(args, device):
 
 
 def decode(model, args, device):
-    from stickerllm.chat import ChatSettings, StaticDecoder, StickerChat
+    from stickerllm.chat import ChatSettings, StickerChat
+    from stickerllm.decoding import StaticDecoder
 
     n = args.tokens
     plain_chat = StickerChat(model)

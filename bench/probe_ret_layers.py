@@ -25,7 +25,7 @@ from stickerclip.data import build_text, read_records
 from stickerclip.metrics import paired_ranks, recall_from_ranks
 from stickerllm.tokens import RET
 from train.build_instructions import make
-from train.eval_stickerclip import usable
+from train.common import usable
 
 
 def states(model, records, layers: list[int], seed: int, batch_size: int = 16) -> dict[int, np.ndarray]:

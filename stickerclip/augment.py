@@ -5,13 +5,19 @@ and returns a randomly altered RGB frame of the same size: a coloured, gradient 
 behind the art (the white around it is treated as transparent), a white die-cut outline, scale and
 position, a small rotation, a short caption in a random colour and place, and JPEG artefacts.
 Each effect is drawn independently, so the identity (no change) stays frequent.
+
+`random_resized_crops(batch, rng)` is the tensor-side augmentation of `train.train_stickerclip`: on
+pixels already through `StickerCLIP.normalise`, the same preprocessing as inference.
 """
 from __future__ import annotations
 
 import io
+import math
 import random
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 CAPTIONS = ["哈哈哈", "好的", "收到", "晚安", "加油", "谢谢", "我太难了", "啊这", "嗯嗯", "666", "OK", "好累",
@@ -98,3 +104,15 @@ def sticker_look(frame: Image.Image, rng: random.Random, p: float = 0.5, caption
         out.save(buf, format="JPEG", quality=rng.randint(20, 70))
         out = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     return out
+
+
+def random_resized_crops(batch: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Random resized crops (scale 0.8-1) of a (F, 3, S, S) float batch, frame by frame."""
+    s = batch.shape[-1]
+    out = []
+    for img in batch:
+        scale = rng.uniform(0.8, 1.0)
+        w = h = max(8, int(round(s * math.sqrt(scale))))
+        x, y = rng.randint(0, s - w), rng.randint(0, s - h)
+        out.append(F.interpolate(img[None, :, y:y + h, x:x + w], size=(s, s), mode="bilinear", align_corners=False)[0])
+    return torch.stack(out)

@@ -253,14 +253,26 @@ class StickerCLIP(nn.Module):
                              return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def preprocess(self, frame) -> torch.Tensor:
-        """One RGB PIL frame -> (3, S, S) normalised tensor (squash-resize, bicubic: cn_clip's eval transform)."""
+    # The one image preprocessing, in two steps so training can keep the uint8 pixels and
+    # augment between them: `pixels` (squash-resize, bicubic: cn_clip's eval transform), then
+    # `normalise`. Inference is `preprocess`, the two steps in a row.
+    def pixels(self, frame) -> torch.Tensor:
+        """One PIL frame -> (3, S, S) uint8 RGB at the model's resolution."""
         from PIL import Image
 
         s = self.config.image_size
-        arr = np.asarray(frame.convert("RGB").resize((s, s), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.config.image_mean, np.float32)) / np.asarray(self.config.image_std, np.float32)
+        arr = np.asarray(frame.convert("RGB").resize((s, s), Image.Resampling.BICUBIC), dtype=np.uint8)
         return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(..., 3, S, S) uint8 pixels -> float32 scaled to [0, 1] and standardised by the model's mean and std."""
+        mean = torch.tensor(self.config.image_mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.config.image_std, dtype=torch.float32).view(3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
+
+    def preprocess(self, frame) -> torch.Tensor:
+        """One RGB PIL frame -> (3, S, S) normalised tensor: `normalise(pixels(frame))`."""
+        return self.normalise(self.pixels(frame))
 
     # ---------------------------------------------------------------------------- encoding
     @torch.inference_mode()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .prompt import Encoded, PromptBuilder
+from .prompt import Encoded, PromptBuilder, pad
 from .tokens import END_IMG, END_RET, IMG, PRET, RET, SPECIAL_TOKENS, Specials, add_special_tokens
 
 FORMAT = "stickerllm/1"
@@ -50,6 +50,12 @@ class StickerLLMConfig:
     prompt: str = "auto"  # chat format (prompt.STYLES): "auto" = the tokenizer's template, else few-shot
     tokens: tuple = SPECIAL_TOKENS
     extra: dict = field(default_factory=dict)  # training provenance
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """Logit soft-capping (Gemma 2's `final_logit_softcapping`): cap·tanh(logits / cap); unchanged
+    when `cap` is None or 0."""
+    return torch.tanh(logits / cap) * cap if cap else logits
 
 
 def _embed_scale(emb: nn.Module) -> float:
@@ -168,6 +174,11 @@ class StickerLLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.llm.get_input_embeddings().weight.dtype
 
+    @property
+    def logit_cap(self) -> float | None:
+        """The LLM's final logit soft-capping (`soft_cap`), None where it has none."""
+        return getattr(self.llm.config.get_text_config(), "final_logit_softcapping", None)
+
     def set_prompt(self, style: str) -> None:
         """Use the chat format `style` (prompt.STYLES) from now on (for evaluating older recipes)."""
         self.config.prompt = style
@@ -217,9 +228,7 @@ class StickerLLM(nn.Module):
             pad = base.new_zeros(*base.shape[:-1], self.vocab_width - base.shape[-1])
             base = torch.cat([base, pad], -1)
         logits = base.index_copy(-1, self._new_cols.to(base.device), extra) if extra.shape[-1] else base
-        cap = getattr(self.llm.config.get_text_config(), "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
+        logits = soft_cap(logits, self.logit_cap)
         return logits + self._mask.to(logits.dtype)
 
     def query(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -256,26 +265,9 @@ class StickerLLM(nn.Module):
         """Sequences left-padded into one batch -> ((B, T, H) input embeddings, (B, T) attention mask),
         on the device. `feats[i]`: (n_i, d) image features of sequence i, or None."""
         dev = self.device
-        T = max(len(e) for e in encs)
-        B = len(encs)
-        ids = torch.full((B, T), self.builder.pad_id, dtype=torch.long)
-        special = torch.full((B, T), -1, dtype=torch.long)
-        slot = torch.full((B, T), -1, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
-        imgs, offset = [], 0
-        for i, e in enumerate(encs):
-            n = len(e)
-            ids[i, T - n:] = torch.tensor(e.ids)
-            special[i, T - n:] = torch.tensor(e.special)
-            s = torch.tensor(e.slot)
-            slot[i, T - n:] = torch.where(s >= 0, s + offset * self.config.image_tokens, s)  # images numbered on
-            f = feats[i] if feats else None
-            if f is not None and len(f):
-                imgs.append(torch.as_tensor(f))
-                offset += len(f)
-            mask[i, T - n:] = 1
-        img = self.image_embeddings(torch.cat(imgs).to(dev)) if imgs else None
-        return self.embed(ids.to(dev), special.to(dev), slot.to(dev), img), mask.to(dev)
+        b = pad(encs, self.builder.pad_id, self.config.image_tokens, feats, left=True)
+        img = self.image_embeddings(b["image_feats"].to(dev)) if b["image_feats"] is not None else None
+        return self.embed(b["ids"].to(dev), b["special"].to(dev), b["slot"].to(dev), img), b["attention_mask"].to(dev)
 
     @torch.inference_mode()
     def frozen_generate(self, encs: list[Encoded], max_new_tokens: int, stop_ids, feats=None,
@@ -298,26 +290,12 @@ class StickerLLM(nn.Module):
     def batch(self, examples: list[tuple[Encoded, int]], image_feats: list[torch.Tensor]) -> dict:
         """Pad (sequence, answer start) examples into tensors. `image_feats[b]`: (n_b, d) features of
         example b's images. Labels: the answer tokens except the forced `</ret>`."""
-        T = max(len(e) for e, _ in examples)
-        B = len(examples)
-        ids = torch.full((B, T), self.builder.pad_id, dtype=torch.long)
-        special = torch.full((B, T), -1, dtype=torch.long)
-        slot = torch.full((B, T), -1, dtype=torch.long)
+        out = pad([e for e, _ in examples], self.builder.pad_id, self.config.image_tokens, image_feats)
+        B, T = out["ids"].shape
         labels = torch.full((B, T), -100, dtype=torch.long)
-        mask = torch.zeros((B, T), dtype=torch.long)
         ret_pos = torch.full((B,), -1, dtype=torch.long)
-        offset, feats = 0, []
         for b, (enc, start) in enumerate(examples):
             n = len(enc)
-            ids[b, :n] = torch.tensor(enc.ids)
-            special[b, :n] = torch.tensor(enc.special)
-            s = torch.tensor(enc.slot)
-            slot[b, :n] = torch.where(s >= 0, s + offset * self.config.image_tokens, s)
-            f = image_feats[b] if b < len(image_feats) and image_feats[b] is not None else None
-            if f is not None and len(f):
-                feats.append(f)
-                offset += len(f)
-            mask[b, :n] = 1
             # predict token t from position t-1, for answer tokens t >= start
             for t in range(max(start, 1), n):
                 if enc.special[t] == END_RET:
@@ -326,8 +304,7 @@ class StickerLLM(nn.Module):
             rets = [t for t in range(start, n) if enc.special[t] == RET]
             if rets:
                 ret_pos[b] = rets[0]
-        return {"ids": ids, "special": special, "slot": slot, "labels": labels, "attention_mask": mask,
-                "ret_pos": ret_pos, "image_feats": torch.cat(feats) if feats else None}
+        return {**out, "labels": labels, "ret_pos": ret_pos}
 
     def loss(self, batch: dict, targets: torch.Tensor | None, lam: float = 1.0, bank: torch.Tensor | None = None,
              target_idx: torch.Tensor | None = None) -> dict:

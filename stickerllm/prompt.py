@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import torch
+
 from .tokens import END_IMG, IMG, PRET, SPECIAL_TOKENS, Specials
 
 GEMMA_TURNS = (
@@ -79,6 +81,33 @@ class Encoded:
 
     def __add__(self, other: "Encoded") -> "Encoded":
         return Encoded(self.ids + other.ids, self.special + other.special, self.slot + other.slot)
+
+
+def pad(encs: list[Encoded], pad_id: int, image_tokens: int = 1, feats=None, left: bool = False) -> dict:
+    """Sequences padded into one batch (on the right, or with `left` on the left) -> (B, T) long tensors
+    "ids", "special", "slot" and "attention_mask", and "image_feats": the (N, d) features of every
+    sequence's images in order, or None. `feats[i]`: (n_i, d) image features of sequence i, or None;
+    image slots are numbered on across the batch (sequence i's after those of the sequences before)."""
+    T = max(len(e) for e in encs)
+    B = len(encs)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    special = torch.full((B, T), -1, dtype=torch.long)
+    slot = torch.full((B, T), -1, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    imgs, offset = [], 0
+    for i, e in enumerate(encs):
+        at = slice(T - len(e), T) if left else slice(0, len(e))
+        ids[i, at] = torch.tensor(e.ids)
+        special[i, at] = torch.tensor(e.special)
+        s = torch.tensor(e.slot)
+        slot[i, at] = torch.where(s >= 0, s + offset * image_tokens, s)
+        f = feats[i] if feats is not None and i < len(feats) else None
+        if f is not None and len(f):
+            imgs.append(torch.as_tensor(f))
+            offset += len(f)
+        mask[i, at] = 1
+    return {"ids": ids, "special": special, "slot": slot, "attention_mask": mask,
+            "image_feats": torch.cat(imgs) if imgs else None}
 
 
 @dataclass(frozen=True)

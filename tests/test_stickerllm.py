@@ -174,6 +174,57 @@ def test_labels_cover_the_answer_but_not_the_forced_end_of_retrieval(clip):
     assert all(int(t) == -100 for t in labels[:start - 1])  # the prompt is not a target
 
 
+def test_pad_numbers_image_slots_on_across_the_batch_left_or_right():
+    from stickerllm.prompt import Encoded, pad
+
+    a = Encoded([5, 6, 7], [-1, IMG, -1], [-1, -1, 0])  # one image of one slot
+    b = Encoded([8, 9], [-1, -1], [-1, 0])
+    f = [torch.ones(1, 4), 2 * torch.ones(1, 4)]
+    right = pad([a, b], pad_id=0, feats=f)
+    assert right["ids"].tolist() == [[5, 6, 7], [8, 9, 0]]
+    assert right["slot"].tolist() == [[-1, -1, 0], [-1, 1, -1]]  # b's image is the batch's second
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert right["special"].tolist() == [[-1, IMG, -1], [-1, -1, -1]]
+    assert torch.equal(right["image_feats"], torch.cat(f))
+    left = pad([a, b], pad_id=0, image_tokens=2, feats=[None, f[1]], left=True)
+    assert left["ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
+    assert left["slot"].tolist() == [[-1, -1, 0], [-1, -1, 0]]  # no features for a: b's image is the first
+    assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert torch.equal(left["image_feats"], f[1])
+    assert pad([b], pad_id=3)["image_feats"] is None
+
+
+def test_logits_are_soft_capped_as_the_llm_says(clip):
+    from stickerllm.model import soft_cap
+
+    x = torch.tensor([-100.0, -1.0, 0.0, 2.0, 100.0])
+    assert torch.equal(soft_cap(x, None), x) and torch.equal(soft_cap(x, 0), x)
+    assert torch.allclose(soft_cap(x, 5.0), 5.0 * torch.tanh(x / 5.0)) and soft_cap(x, 5.0).abs().max() <= 5.0
+    m = make("gemma", clip)
+    h = torch.randn(3, m.config.hidden_size) * 50
+    plain = m.logits(h)
+    m.llm.config.final_logit_softcapping = 2.0
+    try:
+        assert m.logit_cap == 2.0
+        capped = m.logits(h)
+        ok = torch.isfinite(plain)
+        assert torch.equal(torch.isfinite(capped), ok)  # masked columns stay -inf
+        assert torch.allclose(capped[ok], soft_cap(plain[ok], 2.0), atol=1e-5)
+    finally:
+        m.llm.config.final_logit_softcapping = None
+
+
+def test_decoding_lives_in_its_own_module_and_chat_still_exports_it():
+    from stickerllm import chat, decoding
+
+    for name in ("DynamicDecoder", "StaticDecoder", "greedy_batch", "preamble_cache", "with_prefix"):
+        assert getattr(chat, name) is getattr(decoding, name)
+    assert decoding.pick(torch.tensor([0.0, 3.0, 1.0]), 0.0, 0.9, torch.Generator()) == 1
+    gen = torch.Generator().manual_seed(0)
+    banned = torch.tensor([float("-inf"), 0.0, float("-inf")])
+    assert {decoding.pick(banned, 1.0, 0.5, gen) for _ in range(20)} == {1}
+
+
 # ------------------------------------------------------------------------------ images
 def test_img_injection_shape_and_position(clip):
     m = make("llama", clip, image_tokens=2)

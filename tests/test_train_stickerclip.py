@@ -147,3 +147,28 @@ def test_text_cache_belongs_to_one_text_tower(tmp_path):
     assert not np.allclose(a["晚安"], b["晚安"])
     enc = short.tokenize(["晚安"])
     np.testing.assert_allclose(b["晚安"], short.text(enc["input_ids"], enc["attention_mask"])[0].numpy(), atol=1e-5)
+
+
+def test_training_pixels_go_through_the_preprocessing_of_inference(planted):
+    """train_stickerclip keeps uint8 pixels (`StickerCLIP.pixels`) and normalises each batch with
+    `StickerCLIP.normalise`: the same tensor as `StickerCLIP.preprocess` gives at inference."""
+    import random
+
+    from stickerclip.augment import random_resized_crops
+    from stickerclip.data import read_jsonl
+
+    torch.manual_seed(0)
+    model = load_model("tiny")
+    recs = list(read_jsonl(planted / "train.jsonl"))[:3]
+    keep, pixels = train_stickerclip.load_pixels(model, recs, print)
+    assert len(keep) == 3 and all(p.dtype == torch.uint8 and p.shape == (1, 3, 64, 64) for p in pixels)
+    frames = [r.load().frames[0] for r in recs]
+    assert torch.equal(model.normalise(torch.cat(pixels)), torch.stack([model.preprocess(f) for f in frames]))
+    big = Image.new("RGB", (150, 90), (10, 200, 30))
+    x = model.preprocess(big)
+    assert x.shape == (3, 64, 64) and x.dtype == torch.float32
+    mean, std = torch.tensor(model.config.image_mean), torch.tensor(model.config.image_std)
+    assert torch.allclose(x[:, 0, 0], (torch.tensor([10, 200, 30]) / 255.0 - mean) / std, atol=1e-6)
+    batch = model.normalise(torch.cat(pixels))
+    a, b = random_resized_crops(batch, random.Random(1)), random_resized_crops(batch, random.Random(1))
+    assert a.shape == batch.shape and torch.equal(a, b) and not torch.equal(a, batch)

@@ -135,7 +135,7 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
     by_id = {r.id: r for r in records}
     pos = refit_decision.prompts_for(records, 12, random.Random(5))
     neg = [(g["instruction"], [], False) for g in refit_decision.general_rows(str(extra))[:12]]
-    cap = getattr(model.llm.config.get_text_config(), "final_logit_softcapping", None)
+    cap = model.logit_cap
     row = model.tok_out[refit_decision.RET].detach().float()
     for prompts, tokens in ((pos, 1), (neg, 4)):
         states = refit_decision.decision_states(model, prompts, by_id, tokens, 8)
@@ -216,3 +216,35 @@ def test_transfer_adapter_to_a_new_stickerclip(setup, tmp_path, monkeypatch):
     assert cfg["extra"]["transfer"]["stickers"] == 8 and np.isfinite(cfg["extra"]["transfer"]["w_c_r2"])
     with pytest.raises(ValueError, match="trained with StickerCLIP"):
         sllm.load(tmp_path / "moved", clip=str(setup / "clip"))
+
+
+def test_common_ridge_fit_recovers_a_linear_map_with_and_without_bias():
+    import torch
+
+    from train.common import ridge_fit
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 6, generator=g) + 3.0  # off-centre: a bias-free fit cannot absorb the offset
+    W = torch.randn(6, 4, generator=g)
+    b = torch.randn(4, generator=g)
+    assert torch.allclose(ridge_fit(X, X @ W, 1e-9), W, atol=1e-4)
+    W2, b2 = ridge_fit(X, X @ W + b, 1e-9, bias=True)
+    assert W2.dtype == b2.dtype == torch.float32 and torch.allclose(W2, W, atol=1e-4) and torch.allclose(b2, b, atol=1e-4)
+    shrunk = ridge_fit(X, X @ W, 1e6)
+    assert shrunk.norm() < 0.5 * W.norm()  # the penalty pulls the map towards zero
+
+
+def test_read_split_reports_unreadable_records_and_drops_unusable_stickers(tmp_path, capsys):
+    from train.common import read_split
+
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    lines = [{"id": "ok", "image": "ok.png"}, {"id": "broken", "image": "broken.png"}, {"id": "bad"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    said = []
+    recs = read_split(tmp_path, "train", said.append)
+    assert [r.id for r in recs] == ["ok", "broken"] and len(said) == 1 and said[0].startswith("skipped record: ")
+    capsys.readouterr()
+    assert [r.id for r in read_split(tmp_path, "train", said.append, keep_usable=True)] == ["ok"]
+    err = capsys.readouterr().err
+    assert err.startswith("skipped: ") and "broken.png" in err  # the sticker that does not load

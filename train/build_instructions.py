@@ -21,7 +21,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from stickerclip.data import build_text, read_records
+from stickerclip.data import build_text
 
 GENERAL = Path(__file__).resolve().parent / "data" / "general_instructions.jsonl"
 KINDS = ("t2i", "i2i", "it2i")
@@ -153,11 +153,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    from train.common import read_split
+
     args = parse_args(argv)
-    errors = []
-    records = list(read_records(args.data, split=args.split, on_error=errors.append))
-    for e in errors:
-        print(f"skipped record: {e}", file=sys.stderr)
+    records = read_split(args.data, args.split)
     if not records:
         raise SystemExit(f"{args.data}: no records")
     rows = build(records, args.n, args.seed, args.domain)

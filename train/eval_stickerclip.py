@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from stickerclip.data import build_text, read_records
-from stickerclip.images import StickerImageError
+from stickerclip.data import build_text
 from stickerclip.metrics import retrieval_metrics
 from stickerclip.model import load_model
+from train.common import read_split, usable
 
 
 def parse_args(argv=None):
@@ -45,26 +44,11 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def usable(records):
-    """Records whose sticker loads; the others are reported on stderr and left out."""
-    keep = []
-    for r in records:
-        try:
-            r.load()
-            keep.append(r)
-        except StickerImageError as exc:
-            print(f"skipped: {exc}", file=sys.stderr)
-    return keep
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if (Path(args.data) / "concepts.json").is_file():
         return main_forms(args)
-    errors = []
-    records = usable(list(read_records(args.data, split=args.split, on_error=errors.append)))
-    for e in errors:
-        print(f"skipped record: {e}", file=sys.stderr)
+    records = read_split(args.data, args.split, keep_usable=True)
     if not records:
         raise SystemExit(f"{args.data}: no usable records")
     import torch

@@ -30,10 +30,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from stickerclip.data import build_text, read_records
+from stickerclip.data import build_text
 from stickerclip.metrics import paired_ranks, recall_from_ranks
 from train.build_instructions import draw_kind, general_instructions, make
-from train.eval_stickerclip import usable
+from train.common import encode_prompts, read_split
 
 
 def parse_args(argv=None):
@@ -66,17 +66,8 @@ def _stop_ids(model):
     return model.builder.format.stop_ids
 
 
-def _prompts(model, items, records_by_id, pret_of=None):
-    """(sequences, image features) for (instruction, image ids, pret) triples."""
-    encs, feats = [], []
-    for text, image_ids, pret in items:
-        encs.append(model.builder.encode([{"role": "user", "content": text, "images": len(image_ids)}], pret=pret))
-        feats.append(model.encode_images([records_by_id[i] for i in image_ids]) if image_ids else None)
-    return encs, feats
-
-
 def _batched(model, encs, feats, batch_size: int, **kw) -> list[dict]:
-    from stickerllm.chat import greedy_batch
+    from stickerllm.decoding import greedy_batch
 
     out = []
     for i in range(0, len(encs), batch_size):
@@ -94,7 +85,7 @@ def queries(model, records, kind: str, seed: int = 0, batch_size: int = 16) -> t
     for r in records:
         ins = make(kind, r, records, rng, "in", pret=True)
         items.append((ins.instruction, [r.id] if kind == "i2i" else [], True))
-    encs, feats = _prompts(model, items, by_id)
+    encs, feats = encode_prompts(model, items, by_id)
     res = _batched(model, encs, feats, batch_size, max_new_tokens=16, force_ret=True)
     return np.stack([r["query"] for r in res]), sum(r["ret"] for r in res) / max(1, len(res))
 
@@ -116,7 +107,7 @@ def tool_selection(model, records, n: int, max_new_tokens: int, seed: int = 0, b
         for _ in range(n):
             ins = make(draw_kind(rng), rng.choice(records), records, rng, domain, pret=pret)
             items.append((ins.instruction, ins.images, pret))
-        encs, feats = _prompts(model, items, by_id)
+        encs, feats = encode_prompts(model, items, by_id)
         res = _batched(model, encs, feats, batch_size, max_new_tokens=max_new_tokens)
         hits = sum(r["ret"] for r in res)
         out[name] = {"accuracy": round(100.0 * hits / max(1, n), 2), "n": n, "domain": domain, "prefix": pret}
@@ -127,7 +118,7 @@ def general(model, rows, max_new_tokens: int, batch_size: int = 16) -> dict:
     """Table 4 (a) and answers unchanged: greedy replies to general instructions with StickerLLM and
     with the frozen LLM's own `generate` (the same left-padded batches), as shown (up to the end of
     the turn)."""
-    encs, feats = _prompts(model, [(r["instruction"], [], False) for r in rows], {})
+    encs, feats = encode_prompts(model, [(r["instruction"], [], False) for r in rows], {})
     mine = _batched(model, encs, feats, batch_size, max_new_tokens=max_new_tokens)
     base = []
     for i in range(0, len(encs), batch_size):
@@ -230,11 +221,7 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     skip = {p.strip() for p in args.skip.split(",") if p.strip()}
-    errors = []
-    records = list(read_records(args.data, split=args.split, on_error=errors.append))
-    for e in errors:
-        print(f"skipped record: {e}", file=sys.stderr)
-    records = usable(records)
+    records = read_split(args.data, args.split, keep_usable=True)
     if not records:
         raise SystemExit(f"{args.data}: no usable records")
     model = load(args.model, llm=args.llm, clip=args.clip, device=args.device)

@@ -42,12 +42,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from stickerclip.data import read_records
 from stickerclip.llm import cache_dir
+from stickerllm.model import soft_cap
 from stickerllm.tokens import RET
 from train.build_instructions import GENERAL, draw_kind, general_instructions, make
-from train.eval_stickerclip import usable
-from train.eval_stickerllm import _prompts
+from train.common import encode_prompts, image_features, read_split, ridge_fit
 
 EXTRA = GENERAL.with_name("general_train_extra.jsonl")
 
@@ -120,14 +119,15 @@ def decision_states(model, prompts: list[tuple[str, list, bool]], by_id: dict, t
 
 
 def _decision_states(model, prompts, by_id: dict, tokens: int, batch_size: int):
-    from stickerllm.chat import ChatSettings, greedy_batch
+    from stickerllm.chat import ChatSettings
+    from stickerllm.decoding import greedy_batch
 
     out, t0 = [], time.time()
     for start in range(0, len(prompts), batch_size):
         if start and start % (batch_size * 10) == 0:
             log(f"  {start}/{len(prompts)} prompts, {time.time() - t0:.0f}s")
         chunk = prompts[start:start + batch_size]
-        encs, feats = _prompts(model, chunk, by_id)
+        encs, feats = encode_prompts(model, chunk, by_id)
         hs, mx = [[] for _ in chunk], [[] for _ in chunk]
 
         def seen(rows, h, logits, hs=hs, mx=mx):
@@ -166,10 +166,7 @@ class Margins:
         self.cap = cap
 
     def _s(self, h, best, row):
-        s = h @ row
-        if self.cap:
-            s = torch.tanh(s / self.cap) * self.cap
-        return s - best
+        return soft_cap(h @ row, self.cap) - best
 
     def pos(self, row):
         return self._s(self.pos_h, self.pos_m, row)
@@ -252,7 +249,7 @@ def refit(model, records, args, concepts=None) -> dict:
     log(f"positives' states in {time.time() - t0:.0f}s")
     neg = decision_states(model, neg_prompts, by_id, args.tokens, args.batch_size, cache=True)
     log(f"other replies' states ({sum(len(m) for _, m in neg)} positions) in {time.time() - t0:.0f}s")
-    cap = getattr(model.llm.config.get_text_config(), "final_logit_softcapping", None)
+    cap = model.logit_cap
 
     def part(xs, held):
         return [x for k, x in enumerate(xs) if (k % 5 == 4) == held]
@@ -278,14 +275,14 @@ def first_ret_states(model, prompts, by_id: dict, batch_size: int, layers: bool 
     """States at `<ret>` placed at the first answer position of each prompt (where the refit row now
     emits it, so where every query comes from): (N, H) of the query layer, or with `layers` (L+1, N, H)
     of every layer."""
-    from stickerllm.chat import _with_prefix
+    from stickerllm.decoding import with_prefix
 
     out = []
     for start in range(0, len(prompts), batch_size):
-        encs, feats = _prompts(model, prompts[start:start + batch_size], by_id)
+        encs, feats = encode_prompts(model, prompts[start:start + batch_size], by_id)
         for e in encs:
             e.extend([model.specials.ret], special=RET)
-        P, cache, rest = _with_prefix(model, encs)  # the shared preamble is run once
+        P, cache, rest = with_prefix(model, encs)  # the shared preamble is run once
         b = model.batch([(e, len(e) - 1) for e in rest], feats)
         b["attention_mask"] = torch.cat([torch.ones(len(rest), P, dtype=torch.long), b["attention_mask"]], 1)
         T = b["ids"].shape[1]
@@ -301,8 +298,6 @@ def first_ret_states(model, prompts, by_id: dict, batch_size: int, layers: bool 
 
 def _concept_targets(model, records, messages):
     """(N, d) targets of natural requests: the normalised mean image feature of the concepts' records."""
-    from train.train_stickerllm import image_features
-
     rows: dict[str, list[int]] = {}
     for i, r in enumerate(records):
         rows.setdefault(getattr(r, "concept", "") or r.id, []).append(i)
@@ -341,15 +336,15 @@ def _contrastive(W, H, Y, held_mr, start_mr: float, epochs: int, scale: float):
     return best[1], best[0], best[2]
 
 
-def refit_w_t(model, records, args, concepts=None, valid_records=()) -> dict:
+def refit_w_t_first_ret(model, records, args, concepts=None, valid_records=()) -> dict:
     """W_t (no bias) by ridge regression of first-position `<ret>` states onto the targets' image
-    features, over instructions of the paper's mix and natural requests. The penalty (and, with
+    features (the states where the refit row emits `<ret>`, not the teacher-forced ones of training
+    answers that `train.train_stickerllm.refit_w_t_teacher_forced` fits), over instructions of the paper's mix and natural requests. The penalty (and, with
     `--layers`, the query layer) is picked by T2I MR on held-out queries: natural requests for the
     concepts of `valid_records` where there are any (each its own concept; StickerCLIP's text tower
     scored on the same), else a held-out fifth of the training queries."""
     from stickerclip.metrics import paired_ranks, recall_from_ranks
     from train.natural import requests
-    from train.train_stickerllm import ridge_fit
 
     t0 = time.time()
     rng = random.Random(args.seed + 1)
@@ -436,10 +431,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from stickerllm.model import load
 
-    errors = []
-    records = usable(list(read_records(args.data, split=args.split, on_error=errors.append)))
-    for e in errors:
-        log(f"skipped record: {e}")
+    records = read_split(args.data, args.split, log, keep_usable=True)
     if len(records) < 2:
         raise SystemExit(f"{args.data}: need at least 2 usable records of split {args.split!r}")
     model = load(args.model, device=args.device)
@@ -452,15 +444,15 @@ def main(argv=None) -> dict:
         concepts = load_concepts(where)
     elif args.concepts:
         raise SystemExit(f"{args.concepts}: no concepts.json")
-    valid = usable(list(read_records(args.data, split=args.valid_split, on_error=lambda e: None))) \
+    valid = read_split(args.data, args.valid_split, lambda m: None, keep_usable=True) \
         if args.refit_wt and args.valid_split else []
     res = {}
     if not args.skip_row:
         res = refit(model, records, args, concepts)
         model.config.extra["refit_decision"] = res
     if args.refit_wt:
-        res["refit_w_t"] = model.config.extra["refit_w_t_first_ret"] = refit_w_t(model, records, args, concepts,
-                                                                              valid)
+        res["refit_w_t"] = model.config.extra["refit_w_t_first_ret"] = refit_w_t_first_ret(model, records, args,
+                                                                                        concepts, valid)
     model.save(args.out)
     print(json.dumps(res, ensure_ascii=False))
     return res

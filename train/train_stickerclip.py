@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from stickerclip.data import build_text, read_records
+from stickerclip.augment import random_resized_crops
+from stickerclip.data import build_text
 from stickerclip.loss import clip_loss
 from stickerclip.metrics import retrieval_metrics
 from stickerclip.model import load_model
+from train.common import read_split
 
 
 def parse_args(argv=None):
@@ -61,10 +62,10 @@ def parse_args(argv=None):
 
 
 def load_pixels(model, records, log):
-    """uint8 frames per record at the model's resolution: list of (F, 3, S, S); bad images dropped."""
+    """uint8 frames per record at the model's resolution (`StickerCLIP.pixels`): list of (F, 3, S, S);
+    bad images dropped."""
     from stickerclip.images import StickerImageError
 
-    s = model.config.image_size
     keep, pixels = [], []
     for r in records:
         try:
@@ -72,28 +73,9 @@ def load_pixels(model, records, log):
         except StickerImageError as exc:
             log(f"skipped: {exc}")
             continue
-        arr = np.stack([np.asarray(f.resize((s, s), 3), dtype=np.uint8).transpose(2, 0, 1) for f in frames])
-        pixels.append(torch.from_numpy(arr))
+        pixels.append(torch.stack([model.pixels(f) for f in frames]))
         keep.append(r)
     return keep, pixels
-
-
-def normalise(model, uint8: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
-    return (uint8.float() / 255.0 - mean) / std
-
-
-def augment(batch: torch.Tensor, rng: random.Random) -> torch.Tensor:
-    """Random resized crops (scale 0.8-1) of a (F, 3, S, S) float batch, frame by frame."""
-    s = batch.shape[-1]
-    out = []
-    for img in batch:
-        scale = rng.uniform(0.8, 1.0)
-        w = h = max(8, int(round(s * math.sqrt(scale))))
-        x, y = rng.randint(0, s - w), rng.randint(0, s - h)
-        out.append(F.interpolate(img[None, :, y:y + h, x:x + w], size=(s, s), mode="bilinear", align_corners=False)[0])
-    return torch.stack(out)
 
 
 @torch.inference_mode()
@@ -181,12 +163,8 @@ def main(argv=None) -> dict:
     if llm_tower:
         model.text.requires_grad_(False)
 
-    errors = []
-    train = list(read_records(args.data, split="train", on_error=errors.append))
-    val_src = args.val or args.data
-    val = list(read_records(val_src, split="valid", on_error=errors.append)) if (args.val or Path(args.data).is_dir()) else []
-    for e in errors:
-        log(f"skipped record: {e}")
+    train = read_split(args.data, "train", log)
+    val = read_split(args.val or args.data, "valid", log) if (args.val or Path(args.data).is_dir()) else []
     if args.limit:
         train = train[: args.limit]
     train, pixels = load_pixels(model, train, log)
@@ -246,9 +224,9 @@ def main(argv=None) -> dict:
             idx, order = order[:micro], order[micro:]
             idx = idx[acc.process_index::acc.num_processes] if acc.num_processes > 1 else idx
             frames = torch.cat([pixels[i] for i in idx])
-            batch = normalise(raw, frames)
+            batch = raw.normalise(frames)  # the preprocessing of inference (StickerCLIP.preprocess)
             if not args.no_augment:
-                batch = augment(batch, rng)
+                batch = random_resized_crops(batch, rng)
             counts = [len(pixels[i]) for i in idx]
             if llm_tower:
                 h = torch.from_numpy(np.stack([states[rng.choice(variants[i])] for i in idx])).to(acc.device)

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stickerclip.data import read_records
 from stickerclip.llm import EMBEDDED_LLM, cache_dir
 from stickerclip.model import DEFAULT_MODEL
+from stickerllm.model import soft_cap
 from stickerllm.tokens import RET
 from train.build_instructions import draw_kind, general_instructions, make
-from train.eval_stickerclip import usable
+from train.common import image_features, read_split, ridge_fit, usable
 
 
 def parse_args(argv=None):
@@ -89,22 +89,6 @@ def parse_args(argv=None):
 def log(msg: str) -> None:
     """Progress goes to stderr; the result JSON goes to stdout."""
     print(msg, file=sys.stderr, flush=True)
-
-
-def image_features(clip, records, log) -> np.ndarray:
-    """(N, d) normalised StickerCLIP features of `records`, cached by model identity and record ids."""
-    key = hashlib.sha256(("\n".join(f"{r.id}|{r.image}" for r in records)).encode()).hexdigest()[:16]
-    path = cache_dir() / "stickerllm-features" / f"{clip.identity()}-{key}.npy"
-    if path.is_file():
-        return np.load(path)
-    t0 = time.time()
-    feats = clip.encode_images(records, batch_size=64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.npy")
-    np.save(tmp, feats)
-    os.replace(tmp, path)
-    log(f"encoded {len(records)} stickers in {time.time() - t0:.0f}s (cached at {path})")
-    return feats
 
 
 def general_answers(model, rows, max_tokens: int, log) -> list[tuple[str, str]]:
@@ -180,12 +164,6 @@ def ret_states(model, examples_fn, n: int, batch_size: int = 32):
     return torch.cat(hs), torch.cat(rows_all)
 
 
-def ridge_fit(H: torch.Tensor, Y: torch.Tensor, ridge: float) -> torch.Tensor:
-    """(H, d) least-squares map with an L2 penalty."""
-    H, Y = H.double(), Y.double()
-    return torch.linalg.solve(H.T @ H + ridge * torch.eye(H.shape[1], dtype=H.dtype), H.T @ Y).float()
-
-
 @torch.no_grad()
 def init_w_t(model, rng, records, index_of, feats, n: int, ridge: float, log) -> dict:
     """Start W_t at the least-squares map from the frozen LLM's `<ret>` states to the targets' image
@@ -203,9 +181,12 @@ def init_w_t(model, rng, records, index_of, feats, n: int, ridge: float, log) ->
     return {"examples": len(H), "ridge": ridge, "cosine": round(fit, 4)}
 
 
-def refit_w_t(model, rng, records, index_of, feats, valid, n: int, ridge: float, epochs: int, log) -> dict:
+def refit_w_t_teacher_forced(model, rng, records, index_of, feats, valid, n: int, ridge: float, epochs: int,
+                             log) -> dict:
     """Stage 2: with every other weight fixed, the LM loss does not depend on W_t, so the training loss
-    in W_t alone is λ·(InfoNCE t2i + i2t) over `<ret>` states that can be computed once. Fit W_t on
+    in W_t alone is λ·(InfoNCE t2i + i2t) over `<ret>` states that can be computed once: those of
+    training answers, teacher-forced (`train.refit_decision.refit_w_t_first_ret` fits instead
+    the states of a `<ret>` at the first answer position, by ridge alone). Fit W_t on
     the states of `n` training examples, keeping the epoch with the best T2I MR on the validation
     stickers: a ridge start towards the target's image feature plus (for instructions with text) the
     StickerCLIP text feature of the target's text, then Adam on the contrastive loss (full bank for
@@ -278,7 +259,7 @@ def _answer_states(model, rng, records, index_of, feats, general, n: int, genera
     per position the frozen head's log-sum-exp and target logit (0 where the target is new)."""
     head = model.llm.get_output_embeddings().weight
     base_len = min(model.specials.base_len, head.shape[0])
-    cap = getattr(model.llm.config.get_text_config(), "final_logit_softcapping", None)
+    cap = model.logit_cap
     hs, ts, lses, tls = [], [], [], []
     for start in range(0, n, 16):
         exs, ims, _, _ = sample_batch(model, rng, records, index_of, feats, general, min(16, n - start), general_p)
@@ -286,9 +267,7 @@ def _answer_states(model, rng, records, index_of, feats, general, n: int, genera
         h = model.hidden_states(b)
         sel = (b["labels"] >= 0).to(h.device)
         hh, tt = h[sel].float(), b["labels"].to(h.device)[sel]
-        bl = hh @ head[:base_len].float().T
-        if cap:
-            bl = torch.tanh(bl / cap) * cap
+        bl = soft_cap(hh @ head[:base_len].float().T, cap)
         lses.append(torch.logsumexp(bl, -1))
         tls.append(torch.where(tt < base_len, bl.gather(1, tt.clamp(max=base_len - 1)[:, None])[:, 0], 0.0))
         hs.append(hh)
@@ -312,9 +291,7 @@ def refit_out(model, rng, records, index_of, feats, general, n: int, general_p: 
     opt = torch.optim.Adam([row], lr=lr)
 
     def loss_of(r):
-        new = H @ r
-        if cap:
-            new = torch.tanh(new / cap) * cap
+        new = soft_cap(H @ r, cap)
         return (torch.logaddexp(lse, new) - torch.where(is_ret, new, tl)).mean()
 
     before = float(loss_of(row).detach())
@@ -360,11 +337,8 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     rng = random.Random(args.seed + acc.process_index)
     torch.manual_seed(args.seed)
-    errors = []
-    records = list(read_records(args.data, split=args.split, on_error=errors.append))[:args.max_records]
-    valid = list(read_records(args.data, split=args.valid_split, on_error=errors.append)) if args.valid_n else []
-    for e in errors:
-        log(f"skipped record: {e}")
+    records = read_split(args.data, args.split, log)[:args.max_records]
+    valid = read_split(args.data, args.valid_split, log) if args.valid_n else []
     if len(records) < 2:
         raise SystemExit(f"{args.data}: need at least 2 training records, found {len(records)}")
     device = acc.device if args.device is None else torch.device(args.device)
@@ -476,9 +450,9 @@ def main(argv=None) -> dict:
     if args.refit_wt and acc.is_main_process:
         if not valid:
             raise SystemExit("--refit-wt needs validation records (--valid-split, --valid-n)")
-        model.config.extra["refit_w_t"] = refit_w_t(model, random.Random(args.seed + 2), records, index_of, feats,
-                                                    valid[-args.refit_valid:], args.refit_wt, args.ridge,
-                                                    args.refit_epochs, log)
+        model.config.extra["refit_w_t"] = refit_w_t_teacher_forced(
+            model, random.Random(args.seed + 2), records, index_of, feats, valid[-args.refit_valid:], args.refit_wt,
+            args.ridge, args.refit_epochs, log)
         if args.valid_n:
             result = t2i_recall(model, valid[:args.valid_n], seed=args.seed)
             log(f"after the refit: valid T2I {result}")

@@ -22,15 +22,7 @@ import numpy as np
 import torch
 
 from stickerclip.data import build_text, read_records
-
-
-def ridge(X: np.ndarray, Y: np.ndarray, lam: float, bias: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Least squares Y ≈ X A (+ b) with an L2 penalty on A -> (A (d_in, d_out), b (d_out,))."""
-    X, Y = X.astype(np.float64), Y.astype(np.float64)
-    mx, my = (X.mean(0), Y.mean(0)) if bias else (np.zeros(X.shape[1]), np.zeros(Y.shape[1]))
-    Xc, Yc = X - mx, Y - my
-    A = np.linalg.solve(Xc.T @ Xc + lam * np.eye(X.shape[1]), Xc.T @ Yc)
-    return A.astype(np.float32), (my - mx @ A).astype(np.float32)
+from train.common import ridge_fit
 
 
 def main(argv=None) -> dict:
@@ -55,10 +47,12 @@ def main(argv=None) -> dict:
     print(f"fitting on {len(records)} stickers and {len(texts)} texts", file=sys.stderr)
     fo, fn = old.clip.encode_images(records), new_clip.encode_images(records)  # (N, d_old), (N, d_new)
     to, tn = old.clip.encode_texts(texts), new_clip.encode_texts(texts)
-    M, _ = ridge(np.concatenate([fo, to]), np.concatenate([fn, tn]), args.ridge)  # (d_old, d_new)
+    M = ridge_fit(torch.from_numpy(np.concatenate([fo, to])), torch.from_numpy(np.concatenate([fn, tn])),
+                  args.ridge).numpy()  # (d_old, d_new)
     with torch.no_grad():
         emb_old = old.w_c(torch.from_numpy(fo).to(old.w_c.weight.dtype)).float().numpy()  # (N, n·H)
-    A, b = ridge(fn, emb_old, args.ridge, bias=True)  # (d_new, n·H), (n·H,)
+    A, b = (t.numpy() for t in ridge_fit(torch.from_numpy(fn), torch.from_numpy(emb_old), args.ridge,
+                                         bias=True))  # (d_new, n·H), (n·H,)
     fit_c = float(1 - ((fn @ A + b - emb_old) ** 2).sum() / ((emb_old - emb_old.mean(0)) ** 2).sum())
     d_new = new_clip.config.embed_dim
     w_t = torch.from_numpy(M.T) @ old.w_t.weight.detach().float().cpu()  # (d_new, H)
