@@ -15,7 +15,7 @@ gradio's "queue full" error while the app keeps serving: one search and one chat
 answer. One app serves both phases when the load phase cannot fill the small queue, or with
 `--url` (an app already running: its queue size is `--shed-queue`).
 
-The app is the tiny one of the tests (tests/appserver.py: tiny random models, `--delay` seconds per
+The app is the tiny one of the tests (devkit/appserver.py: tiny random models, `--delay` seconds per
 generated token) or, with `--real`, `python app.py` with the embedded default (a temporary library).
 Prints progress to stderr and one JSON object on stdout. `--smoke`: a few seconds, few clients.
 """
@@ -103,7 +103,7 @@ class App:
             self.images = sorted((ROOT / "assets" / "gallery" / "images").glob("*.png"))[:50]
         else:
             root = workdir / "tiny"
-            cmd = [sys.executable, "-m", "tests.appserver", str(root), "--port", str(self.port),
+            cmd = [sys.executable, "-m", "devkit.appserver", str(root), "--port", str(self.port),
                    "--delay", str(args.delay), "--max-queue", str(max_queue)]
             self.images = None  # the generated gallery, once the app made it
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
@@ -363,7 +363,7 @@ def main(argv=None) -> dict:
         raise SystemExit("app.py flags (after --) need --real")
     DOWNLOAD[0] = args.download
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    result = {"app": " ".join(["real: python app.py", *args.extra]) if args.real else f"tiny (tests/appserver.py, "
+    result = {"app": " ".join(["real: python app.py", *args.extra]) if args.real else f"tiny (devkit/appserver.py, "
               f"delay {args.delay} s/token)", "tokens_per_reply": args.tokens, "clients_download_files": args.download}
     with tempfile.TemporaryDirectory(prefix="sticker-load-") as tmp:
         tmp = Path(tmp)

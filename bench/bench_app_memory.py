@@ -134,7 +134,7 @@ def parse_args(argv=None):
     ap.add_argument("--chats", type=int, default=100)
     ap.add_argument("--turns", type=int, default=5, help="chat turns per session")
     ap.add_argument("--searches", type=int, default=200)
-    ap.add_argument("--tiny", action="store_true", help="the tests' tiny app (tests/appserver.py)")
+    ap.add_argument("--tiny", action="store_true", help="the tests' tiny app (devkit/appserver.py)")
     ap.add_argument("--delay", type=float, default=0.0, help="tiny app: seconds per generated token")
     ap.add_argument("--url", help="an app already serving (with --pid)")
     ap.add_argument("--pid", type=int, help="with --url: the app's process")
@@ -158,7 +158,7 @@ def main(argv=None) -> dict:
             pid, what = args.pid, args.url
         else:
             app = MeasuredApp(args, Path(tmp), 64)
-            pid, what = app.proc.pid, "tiny (tests/appserver.py)" if args.tiny else " ".join(["python app.py",
+            pid, what = app.proc.pid, "tiny (devkit/appserver.py)" if args.tiny else " ".join(["python app.py",
                                                                                                *args.extra])
         sampler = Sampler(pid)
         sampler.start()

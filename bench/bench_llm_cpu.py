@@ -40,8 +40,8 @@ def build(args):
         from stickerclip.index import StickerIndex
         from stickerclip.model import StickerCLIP, named_config
         from stickerllm.model import StickerLLM, StickerLLMConfig
-        from tests.imagegen import png_bytes
-        from tests.tinymodels import tiny_llm
+        from devkit.imagegen import png_bytes
+        from devkit.tinymodels import tiny_llm
 
         torch.manual_seed(0)
         clip = StickerCLIP(named_config("tiny")).eval()

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests import browser  # noqa: E402
+from devkit import browser  # noqa: E402
 
 
 def main(argv=None) -> None:

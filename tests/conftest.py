@@ -41,8 +41,8 @@ def tiny(tiny_dir):
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    """A StickerService over the tiny app world (tests/appworld.py), its caches in a tmp folder."""
-    from tests.appworld import make_service
+    """A StickerService over the tiny app world (devkit/appworld.py), its caches in a tmp folder."""
+    from devkit.appworld import make_service
 
     root = tmp_path_factory.mktemp("app")
     with pytest.MonkeyPatch.context() as mp:

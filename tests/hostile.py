@@ -31,7 +31,7 @@ from PIL import Image
 
 from stickerclip.images import (EmptyImageError, ImageTooLargeError, NotAnImageError, TooManyFramesError,
                                 TruncatedImageError, UnreadableImageError)
-from tests.imagegen import _chunk, gif_with_screen, png_with_header_size
+from devkit.imagegen import _chunk, gif_with_screen, png_with_header_size
 
 Setup = Callable[[Path], Path]  # makes the entry inside a folder, returns its path
 

@@ -48,7 +48,7 @@ def test_app_load_bench_smoke(tmp_path, monkeypatch, capsys):
 
     import app
     from bench import bench_app_load
-    from tests.appworld import free_port, make_service
+    from devkit.appworld import free_port, make_service
 
     monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
     service = make_service(tmp_path, delay=0.02)
@@ -74,7 +74,7 @@ def test_app_memory_bench_smoke(tmp_path, monkeypatch):
 
     import app
     from bench import bench_app_memory
-    from tests.appworld import free_port, make_service
+    from devkit.appworld import free_port, make_service
 
     monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
     service = make_service(tmp_path)
@@ -99,3 +99,29 @@ def test_ret_layer_probe_runs_small(open_corpus, capsys):
     assert sorted(res["probes"]) == [3, 18] and res["n_test"] == 24
     assert all(0 < p["test_mr"] <= 100 and p["ratio"] > 0 for p in res["probes"].values())
     assert 0 < res["stickerclip_t2i_mr"] <= 100 and "| 18 (last) |" in capsys.readouterr().out
+
+
+def test_bench_never_imports_tests():
+    """bench/ (and devkit/, which bench uses) import no `tests` module, nor start one with `-m tests.`:
+    what the benchmarks share with the tests lives in devkit/."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    is_tests = re.compile(r"tests(\.|$)").match
+    found = []
+    for path in sorted([*(root / "bench").rglob("*.py"), *(root / "devkit").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names if is_tests(a.name)]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module] if node.level == 0 and node.module and is_tests(node.module) else []
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                # `-m tests.x` in a command line, or "tests.x" alone (["-m", "tests.x"], import_module)
+                names = [node.value] if re.search(r"-m\s+tests\.", node.value) or re.fullmatch(r"tests(\.\w+)+",
+                                                                                              node.value) else []
+            else:
+                names = []
+            found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names]
+    assert not found, "bench/ must not use tests/ (move what it needs to devkit/):\n" + "\n".join(found)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import browser
-from tests.appworld import free_port, make_service
+from devkit import browser
+from devkit.appworld import free_port, make_service
 
 pytestmark = pytest.mark.skipif(not browser.available(), reason="needs Debian's chromium and chromium-driver "
                                 "(apt-get install chromium chromium-driver; .ci/run installs them)")

@@ -8,7 +8,7 @@ import pytest
 from stickerclip import labels
 from stickerclip.data import (RecordError, StickerRecord, build_text, read_folder, read_jsonl,
                               read_records, read_sticker820k, write_jsonl, write_sticker820k)
-from tests.imagegen import animated_bytes, png_bytes
+from devkit.imagegen import animated_bytes, png_bytes
 
 
 def test_label_sets_are_the_papers():

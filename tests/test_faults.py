@@ -24,7 +24,7 @@ from PIL import Image
 from stickerclip.index import IndexDiskFull, StickerIndex
 from stickerclip.model import load_model
 from stickerclip.vectors import VectorIndex
-from tests.imagegen import animated_bytes
+from devkit.imagegen import animated_bytes
 from tests.test_index import stored
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,11 +191,11 @@ def test_kill_while_the_vector_file_is_written(tmp_path, tiny):
 
 # ---------------------------------------------------------------------------------- the app
 def _start_app(root: Path, delay: float) -> tuple[subprocess.Popen, str]:
-    """The tiny app (tests/appserver.py) in a process of its own: (process, url)."""
-    from tests.appworld import free_port
+    """The tiny app (devkit/appserver.py) in a process of its own: (process, url)."""
+    from devkit.appworld import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tests.appserver", str(root), "--port", str(port), "--delay",
+    proc = subprocess.Popen([sys.executable, "-m", "devkit.appserver", str(root), "--port", str(port), "--delay",
                              str(delay)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tail = []
     for line in proc.stdout:
@@ -262,7 +262,7 @@ def test_kill_during_a_chat_reply_keeps_every_sticker_the_library_accepted(tmp_p
 @pytest.fixture(scope="module")
 def sllm_setup(tmp_path_factory):
     from stickerclip.data import StickerRecord, write_jsonl
-    from tests.tinymodels import save_tiny_llm_and_clip
+    from devkit.tinymodels import save_tiny_llm_and_clip
 
     root = tmp_path_factory.mktemp("sllm")
     (root / "images").mkdir()

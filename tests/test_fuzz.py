@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from stickerclip.data import StickerRecord, build_text
 from stickerclip.images import StickerImageError, load_sticker
-from tests.imagegen import animated_bytes, png_bytes
+from devkit.imagegen import animated_bytes, png_bytes
 
 SEEDS = [png_bytes((12, 9)), animated_bytes(4, "GIF"), animated_bytes(3, "WEBP"), animated_bytes(3, "PNG")]
 

@@ -9,7 +9,7 @@ from stickerclip import images
 from stickerclip.images import (EmptyImageError, ImageTooLargeError, NotAnImageError,
                                 TooManyFramesError, TruncatedImageError, UnreadableImageError,
                                 frame_indices, load_frames, load_sticker)
-from tests.imagegen import PALETTE, animated_bytes, gif_with_screen, png_bytes, png_with_header_size
+from devkit.imagegen import PALETTE, animated_bytes, gif_with_screen, png_bytes, png_with_header_size
 
 
 def _colour(frame):
@@ -204,7 +204,7 @@ def test_pil_image_and_file_object_sources():
 def test_animation_cut_at_every_byte_loads_or_raises_a_sticker_error():
     # found by the fuzz test: a GIF cut inside a frame header made PIL's n_frames raise struct.error
     from stickerclip.images import StickerImageError, load_sticker
-    from tests.imagegen import animated_bytes
+    from devkit.imagegen import animated_bytes
 
     for fmt in ("GIF", "WEBP", "PNG"):
         data = animated_bytes(4, fmt=fmt, size=(16, 16))

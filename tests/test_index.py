@@ -19,7 +19,7 @@ from stickerclip.images import UnreadableImageError
 from stickerclip.index import IndexModelMismatch, StickerIndex
 from stickerclip.model import load_model
 from stickerclip.vectors import VectorIndex
-from tests.imagegen import animated_bytes, png_bytes
+from devkit.imagegen import animated_bytes, png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -410,7 +410,7 @@ def test_service_reindexes_the_library_when_the_model_changes(tmp_path, monkeypa
     """The user's library lives per model; after a model change the next start re-indexes the old
     one (uploads included) with a message, instead of showing an empty library."""
     from stickerllm.service import ServiceOptions, StickerService
-    from tests.appworld import make_gallery, png, tiny_models
+    from devkit.appworld import make_gallery, png, tiny_models
 
     monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
     gallery = make_gallery(tmp_path / "gallery")

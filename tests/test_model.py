@@ -4,8 +4,8 @@ import torch
 from PIL import Image
 
 from stickerclip.model import StickerCLIP, load_model, named_config, pool_frames
-from tests.imagegen import animated_bytes, png_bytes
-from tests.tinymodels import TINY_CN_CLIP_RN, TINY_CN_CLIP_VIT, cn_clip_model, tiny_llm
+from devkit.imagegen import animated_bytes, png_bytes
+from devkit.tinymodels import TINY_CN_CLIP_RN, TINY_CN_CLIP_VIT, cn_clip_model, tiny_llm
 
 TEXTS = ["一只开心的猫咪；兴奋；可爱卡通；哈哈哈", "晚安", "a thumbs up 点赞", ""]
 

@@ -144,7 +144,7 @@ def test_efficientnet_batchnorm_stays_frozen_in_train_mode():
 
 def test_tiny_effnet_model_round_trip_and_trunk_features(tmp_path):
     from stickerclip.model import load_model
-    from tests.tinymodels import tiny_llm
+    from devkit.tinymodels import tiny_llm
 
     m = load_model("tiny-effnet", llm=tiny_llm("gemma"))
     img = Image.new("RGBA", (50, 40), (255, 0, 0, 128))
@@ -213,7 +213,7 @@ def test_sticker_look_keeps_size_and_is_seeded():
 # ------------------------------------------------------------------------------- recipe and eval
 def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
     from stickerclip.model import StickerCLIP, named_config
-    from tests.tinymodels import tiny_llm
+    from devkit.tinymodels import tiny_llm
     from train import eval_stickerclip, train_stickerclip_views as tv
 
     out, _, _ = corpus

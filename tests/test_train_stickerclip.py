@@ -107,7 +107,7 @@ def test_resume_continues_where_it_stopped(planted, tmp_path):
 
 
 def test_llm_text_tower_training(planted, tmp_path):
-    from tests.tinymodels import tiny_llm
+    from devkit.tinymodels import tiny_llm
 
     llm, tok = tiny_llm("gemma")
     llm.save_pretrained(tmp_path / "llm")
@@ -128,7 +128,7 @@ def test_llm_text_tower_training(planted, tmp_path):
 
 
 def test_text_cache_belongs_to_one_text_tower(tmp_path):
-    from tests.tinymodels import tiny_llm
+    from devkit.tinymodels import tiny_llm
     from stickerclip.model import StickerCLIP, named_config
 
     llm = tiny_llm("gemma")

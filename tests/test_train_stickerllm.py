@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw
 
 from stickerclip.data import StickerRecord, write_jsonl
 from stickerllm.chat import ChatSettings
-from tests.tinymodels import save_tiny_llm_and_clip
+from devkit.tinymodels import save_tiny_llm_and_clip
 from train import build_instructions, eval_stickerllm, train_stickerllm
 
 COLOURS = {"红色": (230, 30, 30), "绿色": (30, 200, 30), "蓝色": (30, 30, 230), "黄色": (240, 220, 20)}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.appworld import free_port, make_service
+from devkit.appworld import free_port, make_service
 
 SHAPES = {"heart.png": ((220, 30, 60), "ellipse"), "leaf.webp": ((30, 160, 60), "polygon"),
           "star.gif": ((240, 180, 0), "rectangle")}

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from devkit.tinymodels import tiny_llm
 from stickerclip.data import StickerRecord, write_jsonl
 from stickerclip.model import StickerCLIP, named_config
 from stickerllm.model import StickerLLM, StickerLLMConfig
 from stickerllm.service import ServiceOptions, StickerService
-from tests.tinymodels import tiny_llm
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230), "yellow": (240, 220, 0),
            "black": (0, 0, 0), "white": (255, 255, 255), "purple": (140, 0, 160), "orange": (250, 140, 0)}

@@ -1,7 +1,7 @@
-"""The tiny app of tests/appworld.py served by a process of its own, for the fault tests and the load
+"""The tiny app of devkit/appworld.py served by a process of its own, for the fault tests and the load
 bench (bench/bench_app_load.py): it can be killed with SIGKILL and started again on the same root.
 
-    python -m tests.appserver ROOT --port P [--delay S] [--max-queue N]
+    python -m devkit.appserver ROOT --port P [--delay S] [--max-queue N]
 
 ROOT holds the generated gallery, the library (ROOT/library) and the cache (ROOT/cache); a restart
 on the same ROOT opens the same library. Prints "ready URL" once it serves.
@@ -24,11 +24,13 @@ def main(argv=None) -> None:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     os.environ["STICKER_CHAT_CACHE"] = str(root / "cache")
-    for name, value in [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False")]:
+    # OMP_NUM_THREADS: what tests/__init__.py set for it when it was `python -m tests.appserver`.
+    for name, value in [("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("GRADIO_ANALYTICS_ENABLED", "False"),
+                        ("OMP_NUM_THREADS", "2")]:
         os.environ.setdefault(name, value)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import app
-    from tests.appworld import make_service
+    from devkit.appworld import make_service
 
     service = make_service(root, delay=args.delay)
     demo = app.launch(service, port=args.port, max_queue=args.max_queue, block=False, quiet=True)

@@ -1,4 +1,4 @@
-"""Generators of good and hostile sticker files for tests (nothing binary is committed)."""
+"""Generators of good and hostile sticker files for the tests and benchmarks (nothing binary is committed)."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Tiny random models for tests: built in memory, nothing downloaded."""
+"""Tiny random models for the tests and benchmarks: built in memory, nothing downloaded."""
 from __future__ import annotations
 
 import torch
