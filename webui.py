@@ -20,7 +20,8 @@ from stickerclip.images import StickerImageError, load_sticker
 
 from stickerllm.chat import ChatSettings
 from stickerllm.prompt import valid_text
-from stickerllm.service import SEARCH_TOP_K, ChatSession, NotReady, StickerService, StillLoading
+from stickerllm.service import SEARCH_TOP_K, ChatSession, Exchange, NotReady, Said, Shown, StickerService, \
+    StillLoading
 
 SETTING_NAMES = tuple(f.name for f in fields(ChatSettings))
 DEFAULTS = ChatSettings()  # the one set of chat defaults: sliders, the API and the docs
@@ -193,40 +194,33 @@ def render(session: ChatSession) -> list[dict]:
     """Chatbot messages for the session: its history, the exchange being answered (the reply so far)
     and the messages waiting for their reply."""
     msgs = []
-    for h in session.history:
-        if h["role"] == "user":
-            msgs.append(_user_message(h))
-        elif h["role"] == "assistant":
-            msgs.append({"role": "assistant", "content": _reply_content(h.get("parts"), h.get("content", ""))})
+    for ex in session.history:
+        msgs += [_user_message(ex), {"role": "assistant", "content": _reply_content(ex.parts)}]
     live = session.live
     if live is not None:
-        user, parts = live
-        msgs.append(_user_message(user))
-        msgs.append({"role": "assistant", "content": _reply_content(parts, "") or ["…"]})
-    for user in list(session.outbox):
-        msgs.append(_user_message(user, QUEUED))
+        msgs += [_user_message(live), {"role": "assistant", "content": _reply_content(live.parts) or ["…"]}]
+    for ex in list(session.outbox):
+        msgs.append(_user_message(ex, QUEUED))
     return msgs
 
 
 QUEUED = "⏳ 排队中 queued"
 
 
-def _user_message(turn: dict, note: str = "") -> dict:
-    content = ([turn["content"]] if turn.get("content") else []) + [{"path": p} for p in turn.get("images") or ()]
+def _user_message(ex: Exchange, note: str = "") -> dict:
+    content = ([ex.message] if ex.message else []) + [{"path": p} for p in ex.images]
     return {"role": "user", "content": (content or [""]) + ([note] if note else [])}
 
 
-def _reply_content(parts, fallback: str) -> list:
+def _reply_content(parts) -> list:
     """Chatbot content of a reply: its words, then its stickers (the model sends `<ret>` first, but a
     reply reads better with what it says above what it shows)."""
-    if parts is None:
-        return [fallback] if fallback else []
     out = []
-    for kind, value in sorted(parts, key=lambda p: p[0] != "text"):  # stable: order kept within each kind
-        if kind == "text" and value.strip():
-            out.append(value)
-        elif kind == "stickers":
-            out.append(sticker_gallery(value) if value else "（没有找到表情 no stickers found）")
+    for p in sorted(parts, key=lambda p: not isinstance(p, Said)):  # stable: order kept within each kind
+        if isinstance(p, Said) and p.text.strip():
+            out.append(p.text)
+        elif isinstance(p, Shown):
+            out.append(sticker_gallery(p.stickers) if p.stickers else "（没有找到表情 no stickers found）")
     return out
 
 
@@ -251,7 +245,7 @@ def send(value: dict | str | None, session: ChatSession):
         except (StickerImageError, OSError) as exc:
             raise _error(exc) from exc
     session.closed = False
-    session.outbox.append({"role": "user", "content": valid_text(text), "images": files})
+    session.outbox.append(Exchange(valid_text(text), files))
     return render(session), {"text": "", "files": []}
 
 
@@ -260,9 +254,10 @@ def reply(service: StickerService, session: ChatSession, settings: ChatSettings)
     gallery items, side views). The chatbot shows the history, this exchange and what still waits."""
     if not session.outbox:
         return
-    user = session.outbox.popleft()
+    live = session.outbox.popleft()
     session.drop_live = False
-    session.live = (user, [("text", LOADING)] if not service.ready("chat") else [])
+    live.parts = [] if service.ready("chat") else [Said(LOADING)]
+    session.live = live
     try:
         if not service.ready("chat"):
             yield render(session), gr.skip(), gr.skip()
@@ -271,11 +266,13 @@ def reply(service: StickerService, session: ChatSession, settings: ChatSettings)
                     service.wait("chat", timeout=2.0)
                 except StillLoading:
                     continue
-        for update in service.chat(session, user["content"], user["images"], settings):
+        for update in service.chat(session, live.message, live.images, settings):
             if session.closed:  # a new chat replaced this one: what follows is not shown
                 return
             views = update.stickers
-            session.live = None if update.done else (user, update.parts)
+            live.parts = update.parts
+            if update.done:
+                session.live = None
             yield render(session), gallery_items(views), views
     except (ValueError, TypeError, NotReady, StickerImageError, OSError) as exc:
         raise _error(exc) from exc
@@ -320,7 +317,7 @@ def api_chat(service: StickerService, message: str, files, settings, session: Ch
             stickers = [{k: v[k] for k in ("id", "score", "description", "emotions", "style", "ocr")}
                         for v in update.stickers]  # no server paths (the gallery output serves the files)
             out = {"text": update.text, "stickers": stickers, "done": update.done, "reason": update.reason,
-                   "seconds": round(time.time() - t0, 3), "turns": len(session.history) // 2}
+                   "seconds": round(time.time() - t0, 3), "turns": len(session.history)}
             yield out, gallery_items(update.stickers), session
     except (ValueError, TypeError, NotReady, StickerImageError, OSError) as exc:
         raise _error(exc) from exc

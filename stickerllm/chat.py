@@ -14,7 +14,7 @@ turn); stickers already shown in the conversation are excluded from later retrie
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -53,21 +53,28 @@ class ChatSettings:
     max_input_tokens: int = 2048  # older turns are dropped to fit (the few-shot preamble not counted)
 
     def checked(self) -> "ChatSettings":
-        """A copy with every field in range (ValueError names the field otherwise)."""
+        """A copy with every field in range (ValueError names the field otherwise). Checked settings
+        pass through unchanged: the request's boundary (the app, the service, `chat_stream`) checks
+        once and the layers below it do not check again."""
+        if getattr(self, "_valid", None) == astuple(self):
+            return self
+
         def num(name, lo, hi, kind=float):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"chat setting {name}={v!r}: must be a number in [{lo}, {hi}]")
             return kind(v)
 
-        return replace(self, pret=bool(self.pret), safe=bool(self.safe), top_k=num("top_k", 1, 200, int),
-                       beta=num("beta", 0.0, 10.0), temperature=num("temperature", 0.0, 5.0),
-                       top_p=num("top_p", 0.01, 1.0), max_new_tokens=num("max_new_tokens", 1, 4096, int),
-                       min_new_tokens=num("min_new_tokens", 0, 4096, int),
-                       repetition_penalty=num("repetition_penalty", 1.0, 10.0),
-                       no_repeat_ngram=num("no_repeat_ngram", 0, 64, int), same_script=bool(self.same_script),
-                       max_message_chars=num("max_message_chars", 1, 1_000_000, int),
-                       max_input_tokens=num("max_input_tokens", 16, 1_000_000, int))
+        ok = replace(self, pret=bool(self.pret), safe=bool(self.safe), top_k=num("top_k", 1, 200, int),
+                     beta=num("beta", 0.0, 10.0), temperature=num("temperature", 0.0, 5.0),
+                     top_p=num("top_p", 0.01, 1.0), max_new_tokens=num("max_new_tokens", 1, 4096, int),
+                     min_new_tokens=num("min_new_tokens", 0, 4096, int),
+                     repetition_penalty=num("repetition_penalty", 1.0, 10.0),
+                     no_repeat_ngram=num("no_repeat_ngram", 0, 64, int), same_script=bool(self.same_script),
+                     max_message_chars=num("max_message_chars", 1, 1_000_000, int),
+                     max_input_tokens=num("max_input_tokens", 16, 1_000_000, int))
+        ok._valid = astuple(ok)  # what was checked: a field changed afterwards is checked again
+        return ok
 
 
 @dataclass

@@ -6,7 +6,7 @@ person's own library searched as one, chat sessions, and indexing of folders and
     views = service.search("晚安", top_k=12)          # dicts: id, path, score, caption, labels ...
     session = ChatSession()
     for update in service.chat(session, "来个开心的表情包", settings=ChatSettings(pret=True)):
-        update.parts                                # [("text", str) | ("stickers", [view, ...]), ...]
+        update.parts                                # [Said(text) | Shown([view, ...]), ...]
 
 `app.py` lays these out in Gradio (through `webui.py` beside it); tests call them directly.
 """
@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -78,38 +78,96 @@ class ServiceOptions:
 
 
 @dataclass
-class ChatUpdate:
-    """The reply so far: parts in order, ("text", str) or ("stickers", [view, ...])."""
+class Said:
+    """Words of a reply."""
 
-    parts: list
+    text: str
+
+
+@dataclass
+class Shown:
+    """A gallery of a reply: the stickers retrieved at one `<ret>`, as views (see `hit_view`)."""
+
+    stickers: list[dict]
+
+
+Part = Said | Shown  # a reply as the person sees it: words and galleries, in the order they came
+
+
+@dataclass
+class ChatUpdate:
+    """The reply so far: its parts in order."""
+
+    parts: list[Part]
     done: bool = False
     reason: str = ""  # when done: "stop", "length" or "cancelled"
 
     @property
     def text(self) -> str:
-        return "".join(p for kind, p in self.parts if kind == "text")
+        return "".join(p.text for p in self.parts if isinstance(p, Said))
 
     @property
     def stickers(self) -> list[dict]:
-        return [v for kind, p in self.parts if kind == "stickers" for v in p]
+        return [v for p in self.parts if isinstance(p, Shown) for v in p.stickers]
+
+
+@dataclass
+class Exchange:
+    """One exchange of a conversation: what the person sent, and the reply. The model reads
+    `turns()` (its chat format's fields); the UI reads `parts` (what was shown)."""
+
+    message: str
+    images: list[str] = field(default_factory=list)  # sticker files the person sent
+    reply: str = ""  # the reply's text as the model wrote it
+    stickers: list[str] = field(default_factory=list)  # ids shown, kept out of later retrievals
+    parts: list[Part] = field(default_factory=list)
+
+    def turns(self) -> list[dict]:
+        return [{"role": "user", "content": self.message, "images": list(self.images)},
+                {"role": "assistant", "content": self.reply, "stickers": list(self.stickers)}]
+
+    @classmethod
+    def from_turns(cls, turns: list[dict]) -> list["Exchange"]:
+        """Exchanges from a history in the chat format ({"role", "content", "images", "stickers"}
+        dicts, a user turn then the reply to it)."""
+        out = []
+        for i, t in enumerate(turns):
+            if not isinstance(t, dict) or t.get("role") not in ("user", "assistant"):
+                raise ValueError(f"history[{i}]: expected a dict with role user or assistant")
+            if t["role"] == "user":
+                out.append(cls(t.get("content") or "", list(t.get("images") or ())))
+            elif out and not out[-1].reply and not out[-1].stickers:
+                out[-1].reply, out[-1].stickers = t.get("content") or "", list(t.get("stickers") or ())
+                out[-1].parts = [Said(out[-1].reply)] if out[-1].reply else []
+            else:
+                raise ValueError(f"history[{i}]: a reply without the user turn before it")
+        return out
 
 
 class ChatSession:
-    """One conversation: the model's history (with the stickers it showed), the messages sent and
-    not yet answered (`outbox`: a person may type on while a reply streams), the exchange being
-    answered (`live`: its user turn and the reply's parts so far) and a cancel flag. Copies (Gradio
-    copies a session's initial state) share nothing."""
+    """One conversation: its exchanges (`history`), the messages sent and not yet answered
+    (`outbox`: a person may type on while a reply streams) and the exchange being answered (`live`,
+    its parts growing), and a cancel flag. Copies (Gradio copies a session's initial state) share
+    nothing."""
 
     def __init__(self, history: list | None = None):
-        self.history: list[dict] = list(history or [])
-        self.outbox: collections.deque[dict] = collections.deque()
-        self.live: tuple[dict, list] | None = None
+        """`history`: Exchanges, or turns in the chat format (see Exchange.from_turns)."""
+        history = list(history or [])
+        if history and not all(isinstance(h, Exchange) for h in history):
+            history = Exchange.from_turns(history)
+        self.history: list[Exchange] = history
+        self.outbox: collections.deque[Exchange] = collections.deque()
+        self.live: Exchange | None = None
         self.drop_live = False  # undone while answered: the exchange is not kept
         self.closed = False  # left for a new chat: a reply still streaming into it is no longer shown
         self.cancel = threading.Event()
 
     def __deepcopy__(self, memo):
         return ChatSession(copy.deepcopy(self.history, memo))
+
+    def turns(self) -> list[dict]:
+        """The history as the model reads it."""
+        return [t for ex in self.history for t in ex.turns()]
 
     def close(self) -> None:
         """Stop the reply in progress and drop the messages waiting (a new chat replaces this one)."""
@@ -118,12 +176,11 @@ class ChatSession:
         self.cancel.set()
 
     def shown(self) -> list[str]:
-        return [s for h in self.history for s in (h.get("stickers") or ())]
+        return [s for ex in self.history for s in ex.stickers]
 
     def undo(self) -> bool:
         """Drop the last exchange: the latest message still waiting, else the one being answered (its
-        reply stops and is not kept), else the last user turn of the history and the reply to it.
-        False when there is none."""
+        reply stops and is not kept), else the last exchange of the history. False when there is none."""
         if self.outbox:
             self.outbox.pop()
             return True
@@ -131,10 +188,9 @@ class ChatSession:
             self.drop_live = True
             self.cancel.set()
             return True
-        for i in range(len(self.history) - 1, -1, -1):
-            if self.history[i]["role"] == "user":
-                del self.history[i:]
-                return True
+        if self.history:
+            self.history.pop()
+            return True
         return False
 
 
@@ -522,22 +578,21 @@ class StickerService:
         s = (settings or ChatSettings()).checked()
         self.wait("chat", timeout)
         session.cancel.clear()
-        for h in session.history:  # a sticker sent earlier whose file is gone (a cleaned upload cache)
-            if h.get("images"):     # leaves the conversation instead of breaking every later turn
-                h["images"] = [p for p in h["images"] if os.path.isfile(p)]
-        parts: list = []
-        events = self.chatter.chat_stream(message, images, session.history, s, cancel=session.cancel)
+        for ex in session.history:  # a sticker sent earlier whose file is gone (a cleaned upload cache)
+            ex.images = [p for p in ex.images if os.path.isfile(p)]  # leaves, instead of breaking every turn
+        parts: list[Part] = []
+        events = self.chatter.chat_stream(message, images, session.turns(), s, cancel=session.cancel)
         done, started = None, False
         try:
             for ev in events:
                 started = True  # the prompt was built: the images loaded, the settings held
                 if isinstance(ev, TextChunk):
-                    if parts and parts[-1][0] == "text":
-                        parts[-1] = ("text", parts[-1][1] + ev.text)
+                    if parts and isinstance(parts[-1], Said):
+                        parts[-1] = Said(parts[-1].text + ev.text)
                     else:
-                        parts.append(("text", ev.text))
+                        parts.append(Said(ev.text))
                 elif isinstance(ev, Retrieval):
-                    parts.append(("stickers", self._views(ev.hits)))
+                    parts.append(Shown(self._views(ev.hits)))
                 elif isinstance(ev, Done):
                     done = ev
                     break
@@ -545,11 +600,11 @@ class StickerService:
         finally:
             events.close()
             if started and not session.drop_live:  # the exchange, finished or not, goes into the history
-                reply = done.reply if done is not None else "".join(p for k, p in parts if k == "text")
-                shown = done.stickers if done is not None else [v["id"] for v in ChatUpdate(parts).stickers]
-                session.history.append({"role": "user", "content": message, "images": images})
-                session.history.append({"role": "assistant", "content": reply, "stickers": shown,
-                                        "parts": list(parts)})
+                update = ChatUpdate(parts)
+                session.history.append(Exchange(
+                    message, images, reply=done.reply if done is not None else update.text,
+                    stickers=done.stickers if done is not None else [v["id"] for v in update.stickers],
+                    parts=list(parts)))
         yield ChatUpdate(list(parts), done=True, reason=done.reason if done is not None else "cancelled")
 
 

@@ -13,9 +13,9 @@ import pytest
 
 import webui
 from stickerllm.chat import ChatSettings
-from stickerllm.service import ChatSession, NotReady, Phase, ServiceOptions, StickerService, StillLoading, \
-    Unavailable
-from tests.appworld import COLOURS, HARMFUL, free_port, png
+from stickerllm.service import ChatSession, Exchange, NotReady, Phase, Said, ServiceOptions, Shown, StickerService, \
+    StillLoading, Unavailable
+from devkit.appworld import COLOURS, HARMFUL, free_port, png
 
 GREEDY = ChatSettings(temperature=0, max_new_tokens=6, top_k=3)
 
@@ -155,7 +155,7 @@ def test_chat_streams_and_shows_the_retrieved_stickers_in_the_reply(service):
     assert [m["role"] for m in msgs] == ["user", "assistant"] and msgs[0]["content"] == ["来个表情包"]
     galleries = [c for c in msgs[1]["content"] if isinstance(c, gr.Gallery)]
     assert len(galleries) == 1 and len(side) == 3 and len(views) == 3
-    assert [v["id"] for v in views] == session.history[1]["stickers"]
+    assert [v["id"] for v in views] == session.history[0].stickers
     assert all(service.servable(p) for p, _ in side)
     # while streaming, the reply in progress is the last message, its gallery shown as soon as retrieved
     pending = [out[0][-1]["content"] for out in outs[:-1]]
@@ -165,7 +165,7 @@ def test_chat_streams_and_shows_the_retrieved_stickers_in_the_reply(service):
     outs2 = list(webui.chat(service, "再来", session, GREEDY))
     views2 = outs2[-1][2]
     assert views2 and not {v["id"] for v in views2} & {v["id"] for v in views}
-    assert len(session.history) == 4 and len(outs2[-1][0]) == 4
+    assert len(session.history) == 2 and len(outs2[-1][0]) == 4
 
 
 def test_a_sent_sticker_appears_in_the_message_and_enters_the_model(service, monkeypatch):
@@ -181,7 +181,7 @@ def test_a_sent_sticker_appears_in_the_message_and_enters_the_model(service, mon
     session = ChatSession()
     msgs = list(webui.chat(service, {"text": "像这个", "files": [{"path": path}]}, session, GREEDY))[-1][0]
     assert msgs[0]["content"] == ["像这个", {"path": path}]
-    assert seen["images"] == [path] and session.history[0]["images"] == [path]
+    assert seen["images"] == [path] and session.history[0].images == [path]
 
 
 def test_chat_input_errors(service, tmp_path):
@@ -209,7 +209,7 @@ def test_stop_cancels_the_reply_and_keeps_what_was_said(service):
         if len(outs) == 2:
             webui.stop(session)
     assert len(outs) <= 4
-    assert session.history[-1]["role"] == "assistant" and session.history[-1]["stickers"]
+    assert session.history[-1].stickers and session.history[-1].parts
 
 
 def test_undo_and_new_chat(service):
@@ -217,8 +217,8 @@ def test_undo_and_new_chat(service):
     list(webui.chat(service, "一", session, GREEDY))
     list(webui.chat(service, "二", session, GREEDY))
     msgs, session = webui.undo(session)
-    assert len(session.history) == 2 and [m["role"] for m in msgs] == ["user", "assistant"]
-    assert session.history[0]["content"] == "一"
+    assert len(session.history) == 1 and [m["role"] for m in msgs] == ["user", "assistant"]
+    assert session.history[0].message == "一"
     msgs, session = webui.undo(session)
     assert msgs == [] and session.history == [] and not session.undo()
     assert webui.new_chat()[0] == [] and webui.new_chat()[1].history == []
@@ -237,9 +237,9 @@ def test_a_message_sent_while_a_reply_streams_waits_and_is_answered_next(service
     assert msgs[-1]["content"] == ["二", webui.QUEUED]
     outs = list(first)
     assert outs[-1][0][-1]["content"] == ["二", webui.QUEUED]  # still waiting when the first reply ends
-    assert [h["content"] for h in session.history if h["role"] == "user"] == ["一"]
+    assert [ex.message for ex in session.history] == ["一"]
     outs = list(webui.reply(service, session, GREEDY))  # the second send's reply
-    assert [h["content"] for h in session.history if h["role"] == "user"] == ["一", "二"]
+    assert [ex.message for ex in session.history] == ["一", "二"]
     assert [m["role"] for m in outs[-1][0]] == ["user", "assistant"] * 2 and not session.outbox
     assert list(webui.reply(service, session, GREEDY)) == []  # nothing waits: nothing to answer
 
@@ -265,7 +265,7 @@ def test_undo_while_a_reply_streams_drops_that_exchange_and_new_chat_stops_it(se
     next(gen)
     webui.undo(session)  # now "二" is being answered: its reply stops and is not kept
     rest = list(gen)
-    assert len(rest) <= 3 and [h["content"] for h in session.history if h["role"] == "user"] == ["一"]
+    assert len(rest) <= 3 and [ex.message for ex in session.history] == ["一"]
     webui.send("四", session)
     gen = webui.reply(service, session, settings)
     next(gen)
@@ -274,14 +274,26 @@ def test_undo_while_a_reply_streams_drops_that_exchange_and_new_chat_stops_it(se
     assert list(gen) == []  # the old reply stops without drawing over the new chat
 
 
+def test_a_session_takes_a_history_in_the_chat_format_and_gives_it_back():
+    turns = [{"role": "user", "content": "你好", "images": ["a.png"]},
+             {"role": "assistant", "content": "你好呀", "stickers": ["red"]}]
+    session = ChatSession(turns)
+    assert session.history == [Exchange("你好", ["a.png"], "你好呀", ["red"], [Said("你好呀")])]
+    assert session.turns() == turns and session.shown() == ["red"]
+    with pytest.raises(ValueError, match=r"history\[0\]: a reply without the user turn"):
+        ChatSession([{"role": "assistant", "content": "hi"}])
+    with pytest.raises(ValueError, match=r"history\[1\]: expected a dict"):
+        ChatSession([turns[0], "hi"])
+
+
 def test_sessions_share_nothing(service):
     a, b = ChatSession(), ChatSession()
     list(webui.chat(service, "甲", a, GREEDY))
-    assert b.history == [] and len(a.history) == 2
+    assert b.history == [] and len(a.history) == 1
     c = copy.deepcopy(a)  # how Gradio gives each browser session its own state
-    c.history.append({"role": "user", "content": "x"})
+    c.history.append(Exchange("x"))
     c.cancel.set()
-    assert len(a.history) == 2 and not a.cancel.is_set()
+    assert len(a.history) == 1 and not a.cancel.is_set()
 
 
 def test_a_service_that_failed_to_load_says_why(tmp_path):
@@ -305,7 +317,7 @@ def test_a_loading_service_says_so_and_is_not_settled(tmp_path):
 
 def test_the_status_line_shows_how_far_the_first_indexing_of_the_gallery_got(tmp_path, monkeypatch):
     import stickerclip.gallery
-    from tests.appworld import make_gallery, tiny_models
+    from devkit.appworld import make_gallery, tiny_models
 
     monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
     clip, _ = tiny_models()
@@ -436,6 +448,6 @@ def test_a_reply_shows_its_words_above_its_stickers(tmp_path):
 
     Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
     views = [{"file": str(tmp_path / "a.png"), "caption": "红"}]
-    out = _reply_content([("stickers", views), ("text", "给你几个"), ("text", "开心的表情！")], "")
+    out = _reply_content([Shown(views), Said("给你几个"), Said("开心的表情！")])
     assert out[:2] == ["给你几个", "开心的表情！"] and isinstance(out[2], gr.Gallery) and len(out) == 3
-    assert _reply_content([("stickers", [])], "") == ["（没有找到表情 no stickers found）"]
+    assert _reply_content([Shown([])]) == ["（没有找到表情 no stickers found）"]

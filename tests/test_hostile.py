@@ -252,13 +252,13 @@ def test_chat_upload(kind, service, tmp_path, denied):
     if kind.loads:
         updates, _ = bounded(lambda: list(service.chat(session, "看", images=[path], settings=GREEDY)), 30)
         assert updates[-1].done and updates[-1].reason in ("stop", "length")
-        assert len(session.history) == 4 and session.history[2]["images"] == [str(path)]
-        assert "red" not in session.history[3]["stickers"]  # what was shown before stays excluded
+        assert len(session.history) == 2 and session.history[1].images == [str(path)]
+        assert "red" not in session.history[1].stickers  # what was shown before stays excluded
     else:
         with pytest.raises(ValueError) as exc:
             bounded(lambda: list(service.chat(session, "看", images=[path], settings=GREEDY)), 30)
         assert isinstance(exc.value, kind.error) and str(path) in str(exc.value)
-        assert session.history == earlier  # a failed request leaves the conversation as it was
+        assert session.turns() == earlier  # a failed request leaves the conversation as it was
 
 
 # --------------------------------------------------------------------------------- Sticker820K LMDB
@@ -390,8 +390,8 @@ def test_hostile_text_search_and_chat(service, text, monkeypatch):
     assert 0 < len(enc) - n <= GREEDY.max_input_tokens
     specials = set(service.model.specials.ids)
     assert not specials & set(enc.ids[n:])
-    assert session.history[0] == {"role": "user", "content": valid_text(text), "images": []}
-    assert len(session.history) == 2
+    assert session.turns()[0] == {"role": "user", "content": valid_text(text), "images": []}
+    assert len(session.history) == 1
 
 
 def test_long_message_is_cut_to_the_token_budget(service):

@@ -14,7 +14,7 @@ from stickerllm.chat import ChatSettings, Done, Retrieval, StickerChat, TextChun
 from stickerllm.model import StickerLLM, StickerLLMConfig, load
 from stickerllm.prompt import PromptBuilder
 from stickerllm.tokens import END_IMG, END_RET, IMG, PRET, RET, SPECIAL_TOKENS, add_special_tokens
-from tests.tinymodels import tiny_llm
+from devkit.tinymodels import tiny_llm
 
 FAMILIES = ["gemma", "llama", "glm"]
 
@@ -569,3 +569,13 @@ def test_query_layer_reads_the_state_of_that_layer(clip, tmp_path):
     llm, tok = tiny_llm("gemma")
     with pytest.raises(ValueError, match="query_layer"):
         StickerLLM(llm, tok, StickerLLMConfig(llm="tiny", clip="tiny", query_layer=99), clip=clip)
+
+
+def test_settings_are_checked_once_and_again_after_a_change():
+    s = ChatSettings(top_k=3).checked()
+    assert s.checked() is s  # the layers below the boundary do not check again
+    s.top_k = 0  # changed after the check: checked again
+    with pytest.raises(ValueError, match="top_k=0"):
+        s.checked()
+    with pytest.raises(ValueError, match="temperature"):
+        ChatSettings(temperature=-1).checked()
