@@ -77,7 +77,7 @@ def sheet(path: Path, rows: dict, k: int) -> None:
     from PIL import Image, ImageDraw
 
     from stickerclip.images import load_sticker
-    from train.eval_stickerclip import _font
+    from train.common import cjk_font as _font
 
     cell, text_w = 72, 230
     im = Image.new("RGB", (text_w + k * (cell + 4) + 8, len(rows) * (cell + 8) + 8), "white")

@@ -33,11 +33,16 @@ def recall_from_ranks(ranks: np.ndarray, ks=KS) -> dict[str, float]:
     return out
 
 
+def paired_recall(queries: np.ndarray, gallery: np.ndarray, block: int = 4096) -> dict[str, float]:
+    """R@1/5/10 and MR of queries[i] finding gallery[i] over the whole gallery (`paired_ranks`)."""
+    return recall_from_ranks(paired_ranks(queries, gallery, block))
+
+
 def retrieval_metrics(image_feats: np.ndarray, text_feats: np.ndarray, block: int = 4096) -> dict:
     """{"t2i": {...}, "i2t": {...}, "n": N} for paired image and text features."""
     return {
-        "t2i": recall_from_ranks(paired_ranks(text_feats, image_feats, block)),
-        "i2t": recall_from_ranks(paired_ranks(image_feats, text_feats, block)),
+        "t2i": paired_recall(text_feats, image_feats, block),
+        "i2t": paired_recall(image_feats, text_feats, block),
         "n": int(len(image_feats)),
     }
 

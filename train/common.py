@@ -1,12 +1,17 @@
 """What the training and evaluation scripts share: reading a split's records (unreadable ones reported
-and left out), keeping the usable ones, StickerLLM prompts for instructions, ridge regression, and
-StickerCLIP image features cached on disk."""
+and left out), keeping the usable ones, a JSON-lines run log, StickerLLM prompts for instructions and
+the `<ret>` queries of its greedy replies (and their T2I recall), ridge regression, StickerCLIP image
+features cached on disk, frozen-LLM text states cached on disk, AdamW parameter groups, and the font
+of contact sheets."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +19,7 @@ import torch
 from stickerclip.data import read_records
 from stickerclip.images import StickerImageError
 from stickerclip.llm import cache_dir
+from stickerclip.metrics import paired_recall
 
 
 def stderr(msg: str) -> None:
@@ -29,6 +35,20 @@ def read_split(data, split: str | None, log=stderr, keep_usable: bool = False) -
     for e in errors:
         log(f"skipped record: {e}")
     return usable(records) if keep_usable else records
+
+
+def jsonl_logger(path, echo=None, enabled: bool = True):
+    """log(msg, **fields): appends {"t", "msg", **fields} to the JSON-lines file `path` and passes
+    "msg {fields as JSON}" to `echo` (if given); does nothing unless `enabled` (e.g. on the main process)."""
+    def log(msg, **fields):
+        if not enabled:
+            return
+        if echo is not None:
+            echo(msg if not fields else f"{msg} {json.dumps(fields, ensure_ascii=False)}")
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"t": round(time.time(), 1), "msg": msg, **fields}, ensure_ascii=False) + "\n")
+
+    return log
 
 
 def usable(records):
@@ -51,6 +71,42 @@ def encode_prompts(model, items, records_by_id):
         encs.append(model.builder.encode([{"role": "user", "content": text, "images": len(image_ids)}], pret=pret))
         feats.append(model.encode_images([records_by_id[i] for i in image_ids]) if image_ids else None)
     return encs, feats
+
+
+def greedy_replies(model, encs, feats, batch_size: int, **kw) -> list[dict]:
+    """StickerLLM `model`'s greedy replies (`stickerllm.decoding.greedy_batch`) to the prompts `encs` with
+    their image features `feats`, `batch_size` at a time, each up to the end of its turn."""
+    from stickerllm.decoding import greedy_batch
+
+    out = []
+    for i in range(0, len(encs), batch_size):
+        out += greedy_batch(model, encs[i:i + batch_size], feats[i:i + batch_size],
+                            stop_ids=model.builder.format.stop_ids, stop_text=model.builder.format.stop_text, **kw)
+    return out
+
+
+def ret_queries(model, records, kind: str, seed: int = 0, batch_size: int = 16) -> tuple[np.ndarray, float]:
+    """(N, d) `<ret>` queries for in-domain `kind` instructions with `<pret>` (greedy replies; a reply
+    without `<ret>` gets one appended), and the share where the model emitted `<ret>` itself."""
+    from train.build_instructions import make
+
+    rng = random.Random(seed)
+    by_id = {r.id: r for r in records}
+    items = []
+    for r in records:
+        ins = make(kind, r, records, rng, "in", pret=True)
+        items.append((ins.instruction, [r.id] if kind == "i2i" else [], True))
+    encs, feats = encode_prompts(model, items, by_id)
+    res = greedy_replies(model, encs, feats, batch_size, max_new_tokens=16, force_ret=True)
+    return np.stack([r["query"] for r in res]), sum(r["ret"] for r in res) / max(1, len(res))
+
+
+def t2i_recall(model, records, seed: int = 0) -> dict:
+    """StickerLLM T2I recall over `records`: the `<ret>` queries of greedy replies against the stickers'
+    StickerCLIP image features (validation during training)."""
+    img = model.clip.encode_images(records)
+    q, _ = ret_queries(model, records, "t2i", seed)
+    return paired_recall(q, img)
 
 
 def ridge_fit(X: torch.Tensor, Y: torch.Tensor, ridge: float, bias: bool = False):
@@ -78,3 +134,55 @@ def image_features(clip, records, log) -> np.ndarray:
     os.replace(tmp, path)
     log(f"encoded {len(records)} stickers in {time.time() - t0:.0f}s (cached at {path})")
     return feats
+
+
+@torch.inference_mode()
+def llm_states(model, texts: list[str], cache_path: str | None, log, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Pooled frozen-LLM states of StickerCLIP `model`'s LLM text tower for each distinct text, read
+    from / added to an npz cache (kept only for the same text tower)."""
+    cache: dict[str, np.ndarray] = {}
+    identity = model.text.identity()
+    if cache_path and os.path.exists(cache_path):
+        with np.load(cache_path, allow_pickle=False) as z:
+            if "identity" in z and str(z["identity"]) == identity:
+                cache = dict(zip(z["texts"].tolist(), z["states"]))
+            else:
+                log(f"{cache_path}: states of another text tower, recomputing")
+    todo = sorted(set(texts) - set(cache))
+    if todo:
+        log(f"computing frozen-LLM states for {len(todo)} texts")
+        model.eval()
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            enc = model.tokenize(chunk)
+            h = model.text(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)).float().cpu()
+            cache.update(zip(chunk, h.numpy()))
+        if cache_path:
+            keys = list(cache)
+            tmp = cache_path + ".tmp.npz"
+            np.savez(tmp, texts=np.array(keys), states=np.stack([cache[k] for k in keys]), identity=np.array(identity))
+            os.replace(tmp, cache_path)
+    return cache
+
+
+def param_groups(model, weight_decay: float):
+    """AdamW groups of `model`'s trained parameters: weight decay on matrices, none on biases, norms,
+    embeddings and the temperature."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def cjk_font(size: int):
+    """The CJK font of contact sheets (Noto Sans CJK Bold when installed, else PIL's default)."""
+    from PIL import ImageFont
+
+    try:
+        import cvttf_NotoSansCJK_Bold as font_pkg
+
+        return ImageFont.truetype(str(Path(font_pkg.__file__).parent / "NotoSansCJKtc-Bold.otf"), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()

@@ -24,7 +24,7 @@ import numpy as np
 from stickerclip.data import build_text
 from stickerclip.metrics import retrieval_metrics
 from stickerclip.model import load_model
-from train.common import read_split, usable
+from train.common import cjk_font, read_split, usable
 
 
 def parse_args(argv=None):
@@ -148,7 +148,7 @@ def write_forms_report(out_dir: Path, out: dict, records, concepts, model, name:
     cell, text_w = 80, 200
     sheet = Image.new("RGB", (text_w + 6 * (cell + 6) + 8, len(queries) * (cell + 10) + 10), "white")
     draw = ImageDraw.Draw(sheet)
-    font = _font(14)
+    font = cjk_font(14)
     for row, (q, key) in enumerate(queries):
         y = 10 + row * (cell + 10)
         draw.text((8, y + cell // 3), q[:24], fill="black", font=font)
@@ -158,17 +158,6 @@ def write_forms_report(out_dir: Path, out: dict, records, concepts, model, name:
             if key is not None and records[g].concept == key:
                 draw.rectangle((x - 3, y - 3, x + cell + 2, y + cell + 2), outline=(0, 170, 0), width=3)
     sheet.save(out_dir / "topk.png")
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        import cvttf_NotoSansCJK_Bold as font_pkg
-
-        return ImageFont.truetype(str(Path(font_pkg.__file__).parent / "NotoSansCJKtc-Bold.otf"), size)
-    except (ImportError, OSError):
-        return ImageFont.load_default()
 
 
 def table(rows: dict[str, dict]) -> str:
@@ -183,7 +172,7 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def write_report(out: Path, result, records, texts, img, txt, n_queries: int) -> None:
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.md").write_text(
@@ -195,7 +184,7 @@ def write_report(out: Path, result, records, texts, img, txt, n_queries: int) ->
     cell, text_w = 96, 360
     sheet = Image.new("RGB", (text_w + 5 * (cell + 8) + 8, len(picks) * (cell + 12) + 12), "white")
     draw = ImageDraw.Draw(sheet)
-    font = _font(14)
+    font = cjk_font(14)
     for row, q in enumerate(picks):
         y = 12 + row * (cell + 12)
         words, line, lines = texts[q], "", []

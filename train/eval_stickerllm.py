@@ -28,12 +28,10 @@ import sys
 import time
 from dataclasses import replace
 
-import numpy as np
-
 from stickerclip.data import build_text
-from stickerclip.metrics import paired_ranks, recall_from_ranks
+from stickerclip.metrics import paired_recall
 from train.build_instructions import draw_kind, general_instructions, make
-from train.common import encode_prompts, read_split
+from train.common import encode_prompts, greedy_replies, read_split, ret_queries
 
 
 def parse_args(argv=None):
@@ -62,41 +60,6 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def _stop_ids(model):
-    return model.builder.format.stop_ids
-
-
-def _batched(model, encs, feats, batch_size: int, **kw) -> list[dict]:
-    from stickerllm.decoding import greedy_batch
-
-    out = []
-    for i in range(0, len(encs), batch_size):
-        out += greedy_batch(model, encs[i:i + batch_size], feats[i:i + batch_size], stop_ids=_stop_ids(model),
-                            stop_text=model.builder.format.stop_text, **kw)
-    return out
-
-
-def queries(model, records, kind: str, seed: int = 0, batch_size: int = 16) -> tuple[np.ndarray, float]:
-    """(N, d) `<ret>` queries for in-domain `kind` instructions with `<pret>` (greedy replies; a reply
-    without `<ret>` gets one appended), and the share where the model emitted `<ret>` itself."""
-    rng = random.Random(seed)
-    by_id = {r.id: r for r in records}
-    items = []
-    for r in records:
-        ins = make(kind, r, records, rng, "in", pret=True)
-        items.append((ins.instruction, [r.id] if kind == "i2i" else [], True))
-    encs, feats = encode_prompts(model, items, by_id)
-    res = _batched(model, encs, feats, batch_size, max_new_tokens=16, force_ret=True)
-    return np.stack([r["query"] for r in res]), sum(r["ret"] for r in res) / max(1, len(res))
-
-
-def t2i_recall(model, records, seed: int = 0) -> dict:
-    """StickerLLM T2I recall over `records` (used for validation during training)."""
-    img = model.clip.encode_images(records)
-    q, _ = queries(model, records, "t2i", seed)
-    return recall_from_ranks(paired_ranks(q, img))
-
-
 def tool_selection(model, records, n: int, max_new_tokens: int, seed: int = 0, batch_size: int = 16) -> dict:
     """Table 4 (b)-(e): share of retrieval instructions (the paper's mix of kinds) answered with `<ret>`."""
     out = {}
@@ -108,7 +71,7 @@ def tool_selection(model, records, n: int, max_new_tokens: int, seed: int = 0, b
             ins = make(draw_kind(rng), rng.choice(records), records, rng, domain, pret=pret)
             items.append((ins.instruction, ins.images, pret))
         encs, feats = encode_prompts(model, items, by_id)
-        res = _batched(model, encs, feats, batch_size, max_new_tokens=max_new_tokens)
+        res = greedy_replies(model, encs, feats, batch_size, max_new_tokens=max_new_tokens)
         hits = sum(r["ret"] for r in res)
         out[name] = {"accuracy": round(100.0 * hits / max(1, n), 2), "n": n, "domain": domain, "prefix": pret}
     return out
@@ -119,10 +82,10 @@ def general(model, rows, max_new_tokens: int, batch_size: int = 16) -> dict:
     with the frozen LLM's own `generate` (the same left-padded batches), as shown (up to the end of
     the turn)."""
     encs, feats = encode_prompts(model, [(r["instruction"], [], False) for r in rows], {})
-    mine = _batched(model, encs, feats, batch_size, max_new_tokens=max_new_tokens)
+    mine = greedy_replies(model, encs, feats, batch_size, max_new_tokens=max_new_tokens)
     base = []
     for i in range(0, len(encs), batch_size):
-        base += model.frozen_generate(encs[i:i + batch_size], max_new_tokens, _stop_ids(model))
+        base += model.frozen_generate(encs[i:i + batch_size], max_new_tokens, model.builder.format.stop_ids)
     stop_text = model.builder.format.stop_text
 
     def said(tokens):  # the reply as shown: up to the end of its turn
@@ -240,12 +203,12 @@ def main(argv=None) -> dict:
     if "retrieval" not in skip:
         rec = records[:args.n_retrieval]
         img = model.clip.encode_images(rec)
-        q_t, own_t = queries(model, rec, "t2i", args.seed, args.batch_size)
-        q_i, own_i = queries(model, rec, "i2i", args.seed, args.batch_size)
+        q_t, own_t = ret_queries(model, rec, "t2i", args.seed, args.batch_size)
+        q_i, own_i = ret_queries(model, rec, "i2i", args.seed, args.batch_size)
         clip_t = model.clip.encode_texts([build_text(r) for r in rec])
-        t2i = recall_from_ranks(paired_ranks(q_t, img))
-        ref = recall_from_ranks(paired_ranks(clip_t, img))
-        result["retrieval"] = {"t2i": t2i, "i2i": recall_from_ranks(paired_ranks(q_i, img)),
+        t2i = paired_recall(q_t, img)
+        ref = paired_recall(clip_t, img)
+        result["retrieval"] = {"t2i": t2i, "i2i": paired_recall(q_i, img),
                                "stickerclip_t2i": ref, "t2i_mr_ratio": round(t2i["MR"] / max(ref["MR"], 1e-9), 3),
                                "emitted_ret": {"t2i": round(100 * own_t, 2), "i2i": round(100 * own_i, 2)},
                                "n": len(rec)}

@@ -14,12 +14,12 @@ For an LLM text tower the frozen LLM's pooled states are computed once per text 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from stickerclip.data import build_text
 from stickerclip.loss import clip_loss
 from stickerclip.metrics import retrieval_metrics
 from stickerclip.model import load_model
-from train.common import read_split
+from train.common import jsonl_logger, llm_states, param_groups, read_split
 
 
 def parse_args(argv=None):
@@ -78,34 +78,6 @@ def load_pixels(model, records, log):
     return keep, pixels
 
 
-@torch.inference_mode()
-def llm_states(model, texts: list[str], cache_path: str | None, log, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Pooled frozen-LLM states for each distinct text, read from / added to an npz cache."""
-    cache: dict[str, np.ndarray] = {}
-    identity = model.text.identity()
-    if cache_path and os.path.exists(cache_path):
-        with np.load(cache_path, allow_pickle=False) as z:
-            if "identity" in z and str(z["identity"]) == identity:
-                cache = dict(zip(z["texts"].tolist(), z["states"]))
-            else:
-                log(f"{cache_path}: states of another text tower, recomputing")
-    todo = sorted(set(texts) - set(cache))
-    if todo:
-        log(f"computing frozen-LLM states for {len(todo)} texts")
-        model.eval()
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            enc = model.tokenize(chunk)
-            h = model.text(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)).float().cpu()
-            cache.update(zip(chunk, h.numpy()))
-        if cache_path:
-            keys = list(cache)
-            tmp = cache_path + ".tmp.npz"
-            np.savez(tmp, texts=np.array(keys), states=np.stack([cache[k] for k in keys]), identity=np.array(identity))
-            os.replace(tmp, cache_path)
-    return cache
-
-
 def gather(x: torch.Tensor, accelerator) -> torch.Tensor:
     """All processes' rows, with gradients flowing back to this process's rows."""
     if accelerator.num_processes == 1:
@@ -122,147 +94,217 @@ def evaluate(model, records, log) -> dict:
     return retrieval_metrics(img, txt)
 
 
-def param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+@dataclass
+class Run:
+    """What the stages of a run share; `model` is what accelerate prepared (DDP-wrapped when distributed),
+    `raw` the StickerCLIP inside it."""
+    args: argparse.Namespace
+    acc: Any  # accelerate.Accelerator
+    out: Path
+    log: Callable  # log(msg, **fields): OUT/log.jsonl and the console, on the main process
+    model: Any
+    raw: Any
+    resuming: bool  # the model came from OUT/checkpoint, whose trainer state `resume` loads
+    train: list = field(default_factory=list)  # training records
+    pixels: list = field(default_factory=list)  # per training record, its frames: uint8 (F, 3, S, S)
+    val: list = field(default_factory=list)  # validation records
+    variants: list = field(default_factory=list)  # per training record, texts (an LLM tower draws one)
+    states: dict | None = None  # pooled frozen-LLM state per text (LLM text tower)
+    rng: random.Random | None = None  # batches, crops and text shuffles; saved in checkpoints
+    opt: Any = None
+    sched: Any = None
+    total: int = 0  # optimiser steps of the whole run
+    step: int = 0  # optimiser steps done
+
+    @property
+    def llm_tower(self) -> bool:
+        return self.raw.config.text_kind == "llm"
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def find_checkpoint(out: Path) -> bool:
+    """Whether OUT/checkpoint holds a checkpoint, once a kill between save_checkpoint's two renames (the
+    last checkpoint left as checkpoint.old) is undone."""
+    resume_dir, old_dir = out / "checkpoint", out / "checkpoint.old"
+    if not (resume_dir / "trainer_state.pt").is_file() and (old_dir / "trainer_state.pt").is_file():
+        os.replace(old_dir, resume_dir)
+    return (resume_dir / "trainer_state.pt").is_file()
+
+
+def setup(args) -> Run:
+    """Accelerator, OUT and its log, seeds, and the model (from OUT/checkpoint when resuming), its frozen
+    parts frozen: the image tower with --mode freeze-vision, an LLM text tower always."""
     from accelerate import Accelerator
     from tqdm import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     acc = Accelerator(mixed_precision="bf16" if args.bf16 else "no", gradient_accumulation_steps=args.grad_accum)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log_file = out / "log.jsonl"
-
-    def log(msg, **fields):
-        if acc.is_main_process:
-            if not args.quiet:
-                tqdm.write(msg if not fields else f"{msg} {json.dumps(fields, ensure_ascii=False)}")
-            with open(log_file, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"t": round(time.time(), 1), "msg": msg, **fields}, ensure_ascii=False) + "\n")
-
+    log = jsonl_logger(out / "log.jsonl", echo=None if args.quiet else tqdm.write, enabled=acc.is_main_process)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
-    resume_dir, old_dir = out / "checkpoint", out / "checkpoint.old"
-    if args.resume and not (resume_dir / "trainer_state.pt").is_file() and (old_dir / "trainer_state.pt").is_file():
-        os.replace(old_dir, resume_dir)  # killed between save_checkpoint's two renames: the last one is .old
-    resuming = args.resume and (resume_dir / "trainer_state.pt").is_file()
-    model = load_model(str(resume_dir) if resuming else args.init, arch=args.arch, llm=args.llm)
-    llm_tower = model.config.text_kind == "llm"
+    resuming = args.resume and find_checkpoint(out)
+    model = load_model(str(out / "checkpoint") if resuming else args.init, arch=args.arch, llm=args.llm)
     if args.mode == "freeze-vision":
         model.vision.requires_grad_(False)
         model.visual_projection.requires_grad_(False)
-    if llm_tower:
+    if model.config.text_kind == "llm":
         model.text.requires_grad_(False)
+    return Run(args, acc, out, log, model=model, raw=model, resuming=resuming)
 
+
+def load_data(run: Run) -> None:
+    """Training and validation stickers as uint8 pixels (unreadable ones left out), each training
+    sticker's texts (the fixed order and shuffles) and, for an LLM text tower, their frozen-LLM states."""
+    args, log = run.args, run.log
     train = read_split(args.data, "train", log)
     val = read_split(args.val or args.data, "valid", log) if (args.val or Path(args.data).is_dir()) else []
     if args.limit:
         train = train[: args.limit]
-    train, pixels = load_pixels(model, train, log)
-    val = load_pixels(model, val, log)[0]  # drops unreadable stickers from validation too
-    if not train:
+    run.train, run.pixels = load_pixels(run.raw, train, log)
+    run.val = load_pixels(run.raw, val, log)[0]  # drops unreadable stickers from validation too
+    if not run.train:
         raise SystemExit(f"{args.data}: no usable training records")
-    log(f"training on {len(train)} stickers, validating on {len(val)}", mode=args.mode)
+    log(f"training on {len(run.train)} stickers, validating on {len(run.val)}", mode=args.mode)
+    run.rng = rng = random.Random(args.seed)
+    shuffles = max(0, args.text_variants - 1)
+    run.variants = [[build_text(r)] + [build_text(r, shuffle=True, rng=rng) for _ in range(shuffles)] for r in run.train]
+    if run.llm_tower:
+        run.states = llm_states(run.raw, [t for v in run.variants for t in v], args.text_cache, log)
 
-    rng = random.Random(args.seed)
-    variants = [[build_text(r)] + [build_text(r, shuffle=True, rng=rng) for _ in range(max(0, args.text_variants - 1))]
-                for r in train]
-    states = llm_states(model, [t for v in variants for t in v], args.text_cache, log) if llm_tower else None
 
-    steps_per_epoch = max(1, len(train) // (args.batch_size * acc.num_processes * args.grad_accum))
-    total = args.max_steps or max(1, int(math.ceil(args.epochs * steps_per_epoch)))
-    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = get_cosine_schedule_with_warmup(opt, int(args.warmup * total), total)
-    model, opt, sched = acc.prepare(model, opt, sched)
-    raw = acc.unwrap_model(model)
-    step = 0
-    if resuming:
-        st = torch.load(resume_dir / "trainer_state.pt", map_location="cpu", weights_only=False)
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        step, rng = st["step"], st["rng"]
-        torch.set_rng_state(st["torch_rng"])
-        log(f"resumed at step {step}")
+def make_optimizer(run: Run) -> None:
+    """AdamW (no decay on biases, norms, embeddings, temperature) with warmup and a cosine schedule over
+    --max-steps, or --epochs of steps of --batch-size x processes x --grad-accum stickers; accelerate
+    prepares model, optimiser and schedule."""
+    from transformers import get_cosine_schedule_with_warmup
 
-    def save_checkpoint():
-        acc.wait_for_everyone()
-        if not acc.is_main_process:
-            return
-        import shutil
+    args, acc = run.args, run.acc
+    steps_per_epoch = max(1, len(run.train) // (args.batch_size * acc.num_processes * args.grad_accum))
+    run.total = args.max_steps or max(1, int(math.ceil(args.epochs * steps_per_epoch)))
+    opt = torch.optim.AdamW(param_groups(run.raw, args.weight_decay), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = get_cosine_schedule_with_warmup(opt, int(args.warmup * run.total), run.total)
+    run.model, run.opt, run.sched = acc.prepare(run.raw, opt, sched)
+    run.raw = acc.unwrap_model(run.model)
 
-        tmp = out / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)  # a kill's leftovers (here and in .old) never mix in
-        raw.save(tmp)
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "rng": rng,
-                    "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
-        if resume_dir.exists():
-            shutil.rmtree(old_dir, ignore_errors=True)
-            os.replace(resume_dir, old_dir)
-        os.replace(tmp, resume_dir)
+
+def resume(run: Run) -> None:
+    """Optimiser, schedule, step and random states from OUT/checkpoint (`setup` loaded its model)."""
+    st = torch.load(run.out / "checkpoint" / "trainer_state.pt", map_location="cpu", weights_only=False)
+    run.opt.load_state_dict(st["optimizer"])
+    run.sched.load_state_dict(st["scheduler"])
+    run.step, run.rng = st["step"], st["rng"]
+    torch.set_rng_state(st["torch_rng"])
+    run.log(f"resumed at step {run.step}")
+
+
+def save_checkpoint(run: Run) -> None:
+    """OUT/checkpoint (model + trainer state), swapped in whole: written to checkpoint.tmp, the old one
+    moved to checkpoint.old, the new one renamed, the old one deleted."""
+    import shutil
+
+    run.acc.wait_for_everyone()
+    if not run.acc.is_main_process:
+        return
+    resume_dir, old_dir, tmp = run.out / "checkpoint", run.out / "checkpoint.old", run.out / "checkpoint.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)  # a kill's leftovers (here and in .old) never mix in
+    run.raw.save(tmp)
+    torch.save({"optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(), "step": run.step,
+                "rng": run.rng, "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+    if resume_dir.exists():
         shutil.rmtree(old_dir, ignore_errors=True)
+        os.replace(resume_dir, old_dir)
+    os.replace(tmp, resume_dir)
+    shutil.rmtree(old_dir, ignore_errors=True)
 
-    micro = args.batch_size
+
+def next_indices(run: Run, order: list[int]) -> list[int]:
+    """This process's share of the next --batch-size training stickers, drawn from `order` (the rest of
+    the current shuffled pass, consumed in place; a new pass is appended when it runs short)."""
+    micro = run.args.batch_size
+    if len(order) < micro:
+        perm = list(range(len(run.train)))
+        run.rng.shuffle(perm)
+        order += perm
+    idx = order[:micro]
+    del order[:micro]
+    return idx[run.acc.process_index::run.acc.num_processes] if run.acc.num_processes > 1 else idx
+
+
+def micro_step(run: Run, idx: list[int]) -> torch.Tensor:
+    """Forward and backward of the training stickers `idx` and their texts (the optimiser steps once per
+    --grad-accum of these) -> the contrastive loss."""
+    acc, raw = run.acc, run.raw
+    frames = torch.cat([run.pixels[i] for i in idx])  # (sum of F, 3, S, S) uint8: every frame of each sticker
+    batch = raw.normalise(frames)  # the preprocessing of inference (StickerCLIP.preprocess)
+    if not run.args.no_augment:
+        batch = random_resized_crops(batch, run.rng)
+    counts = [len(run.pixels[i]) for i in idx]  # frames per sticker
+    if run.llm_tower:
+        h = torch.from_numpy(np.stack([run.states[run.rng.choice(run.variants[i])] for i in idx])).to(acc.device)
+        text_in = {"text_states": h}  # (B, H)
+    else:
+        enc = raw.tokenize([build_text(run.train[i], shuffle=True, rng=run.rng) for i in idx])
+        text_in = {k: v.to(acc.device) for k, v in enc.items()}  # (B, L) token ids and mask
+    with acc.accumulate(run.model), acc.autocast():
+        img, txt, scale = run.model(batch.to(acc.device), counts, **text_in)  # through DDP when distributed
+        loss = clip_loss(gather(img.float(), acc), gather(txt.float(), acc), scale)  # (B, D) each: global batch
+        acc.backward(loss)
+        run.opt.step()
+        run.sched.step()
+        run.opt.zero_grad()
+    return loss
+
+
+def train_loop(run: Run) -> torch.Tensor:
+    """Optimiser steps from run.step to run.total, logged every 10 steps; validation every --eval-every and
+    a checkpoint every --save-every steps (the last step's are `finish`'s) -> the last loss."""
+    from tqdm import tqdm
+
+    args, acc = run.args, run.acc
     order: list[int] = []
-    bar = tqdm(total=total, initial=step, disable=args.quiet or not acc.is_main_process, desc="train")
-    model.train()
-    best = None
-    while step < total:
+    bar = tqdm(total=run.total, initial=run.step, disable=args.quiet or not acc.is_main_process, desc="train")
+    run.model.train()
+    while run.step < run.total:
         for _ in range(args.grad_accum):
-            if len(order) < micro:
-                perm = list(range(len(train)))
-                rng.shuffle(perm)
-                order += perm
-            idx, order = order[:micro], order[micro:]
-            idx = idx[acc.process_index::acc.num_processes] if acc.num_processes > 1 else idx
-            frames = torch.cat([pixels[i] for i in idx])
-            batch = raw.normalise(frames)  # the preprocessing of inference (StickerCLIP.preprocess)
-            if not args.no_augment:
-                batch = random_resized_crops(batch, rng)
-            counts = [len(pixels[i]) for i in idx]
-            if llm_tower:
-                h = torch.from_numpy(np.stack([states[rng.choice(variants[i])] for i in idx])).to(acc.device)
-                text_in = {"text_states": h}
-            else:
-                enc = raw.tokenize([build_text(train[i], shuffle=True, rng=rng) for i in idx])
-                text_in = {k: v.to(acc.device) for k, v in enc.items()}
-            with acc.accumulate(model), acc.autocast():
-                img, txt, scale = model(batch.to(acc.device), counts, **text_in)  # through DDP when distributed
-                loss = clip_loss(gather(img.float(), acc), gather(txt.float(), acc), scale)
-                acc.backward(loss)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-        step += 1
+            loss = micro_step(run, next_indices(run, order))
+        run.step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-        if step % 10 == 0 or step == total:
-            log("step", step=step, loss=round(loss.item(), 4), lr=sched.get_last_lr()[0],
-                temperature=round(1 / raw.logit_scale.exp().item(), 4))
-        if val and args.eval_every and step % args.eval_every == 0 and step < total and acc.is_main_process:
-            metrics = evaluate(raw, val, log)
-            raw.train()
-            log("validation", step=step, **metrics)
-        if args.save_every and step % args.save_every == 0 and step < total:
-            save_checkpoint()
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.sched.get_last_lr()[0]:.2e}")
+        if run.step % 10 == 0 or run.step == run.total:
+            run.log("step", step=run.step, loss=round(loss.item(), 4), lr=run.sched.get_last_lr()[0],
+                    temperature=round(1 / run.raw.logit_scale.exp().item(), 4))
+        before_last = run.step < run.total
+        if run.val and args.eval_every and run.step % args.eval_every == 0 and before_last and acc.is_main_process:
+            metrics = evaluate(run.raw, run.val, run.log)
+            run.raw.train()
+            run.log("validation", step=run.step, **metrics)
+        if args.save_every and run.step % args.save_every == 0 and before_last:
+            save_checkpoint(run)
     bar.close()
-    result = {"steps": step, "loss": round(loss.item(), 4)}
-    if val and acc.is_main_process:
-        result["valid"] = evaluate(raw, val, log)
-        log("validation", step=step, **result["valid"])
-    save_checkpoint()
-    if acc.is_main_process:
-        raw.save(out)
-    log("done", **result)
+    return loss
+
+
+def finish(run: Run, loss: torch.Tensor) -> dict:
+    """Validation at the last step, the last checkpoint, and the model saved to OUT -> the result."""
+    result = {"steps": run.step, "loss": round(loss.item(), 4)}
+    if run.val and run.acc.is_main_process:
+        result["valid"] = evaluate(run.raw, run.val, run.log)
+        run.log("validation", step=run.step, **result["valid"])
+    save_checkpoint(run)
+    if run.acc.is_main_process:
+        run.raw.save(run.out)
+    run.log("done", **result)
     return result
+
+
+def main(argv=None) -> dict:
+    run = setup(parse_args(argv))
+    load_data(run)
+    make_optimizer(run)
+    if run.resuming:
+        resume(run)
+    loss = train_loop(run)
+    return finish(run, loss)
 
 
 if __name__ == "__main__":

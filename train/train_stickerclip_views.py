@@ -34,7 +34,7 @@ from stickerclip.loss import multi_positive_loss
 from stickerclip.model import load_model
 from stickerclip.runtime import keep_freed_memory
 from train import query_forms as qf
-from train.train_stickerclip import llm_states, param_groups
+from train.common import jsonl_logger, llm_states, param_groups
 
 
 def parse_args(argv=None):
@@ -110,13 +110,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache) if args.cache else out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-
-    def log(msg, **fields):
-        if not args.quiet:
-            print(msg if not fields else f"{msg} {json.dumps(fields, ensure_ascii=False)}", flush=True)
-        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"t": round(time.time(), 1), "msg": msg, **fields}, ensure_ascii=False) + "\n")
-
+    log = jsonl_logger(out / "log.jsonl", echo=None if args.quiet else lambda line: print(line, flush=True))
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     data = Path(args.data)

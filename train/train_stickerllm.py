@@ -23,7 +23,9 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +35,7 @@ from stickerclip.model import DEFAULT_MODEL
 from stickerllm.model import soft_cap
 from stickerllm.tokens import RET
 from train.build_instructions import draw_kind, general_instructions, make
-from train.common import image_features, read_split, ridge_fit, usable
+from train.common import image_features, read_split, ridge_fit, t2i_recall, usable
 
 
 def parse_args(argv=None):
@@ -195,7 +197,7 @@ def refit_w_t_teacher_forced(model, rng, records, index_of, feats, valid, n: int
     import torch.nn.functional as F
 
     from stickerclip.data import build_text
-    from stickerclip.metrics import paired_ranks, recall_from_ranks
+    from stickerclip.metrics import paired_recall
 
     t0 = time.time()
     kinds: list[str] = []
@@ -222,7 +224,7 @@ def refit_w_t_teacher_forced(model, rng, records, index_of, feats, valid, n: int
 
     def valid_mr(W):
         q = F.normalize(Hv @ W, dim=-1).numpy()
-        return recall_from_ranks(paired_ranks(q, vbank[vrows].numpy()))
+        return paired_recall(q, vbank[vrows].numpy())
 
     has_text = torch.tensor([k != "i2i" for k in kinds])[:, None]
     start = F.normalize(bank[rows] + torch.where(has_text, txt[rows], bank[rows]), dim=-1)
@@ -326,22 +328,45 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    from accelerate import Accelerator
+@dataclass
+class Run:
+    """What the stages of a training run share."""
+    args: argparse.Namespace
+    acc: Any  # accelerate.Accelerator
+    out: Path  # the adapter folder: adapter, config, trainer_state.pt, train_log.jsonl
+    model: Any  # StickerLLM
+    converted: bool  # a resumed tied-row adapter gained output rows (its optimizer state no longer fits)
+    rng: random.Random  # draws the batches; saved in checkpoints
+    records: list  # training stickers
+    valid: list  # validation stickers (none with --valid-n 0)
+    feats: np.ndarray  # (N, d) StickerCLIP image features of `records`, normalised
+    index_of: dict  # record id -> its row of feats
+    bank: torch.Tensor  # (N, d) feats: what t2i contrasts with
+    general: list  # (general instruction, the frozen LLM's answer): the no-retrieval examples
+    params: list  # the trained parameters
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
 
+    @property
+    def last(self) -> int:
+        """The last step of this run: --stop-after, within --steps (which the schedule spans)."""
+        return min(self.args.steps, self.args.stop_after or self.args.steps)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / "trainer_state.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "train_log.jsonl"
+
+
+def open_model(args, out: Path, device):
+    """The StickerLLM to train, its config recording the recipe: the adapter in OUT when resuming (given
+    output rows of its own when --output-rows asks: `converted`), else a new one on --llm and --clip
+    -> (model, converted)."""
     from stickerllm import model as sllm
-    from train.eval_stickerllm import t2i_recall
 
-    acc = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
-    out = Path(args.out)
-    rng = random.Random(args.seed + acc.process_index)
-    torch.manual_seed(args.seed)
-    records = read_split(args.data, args.split, log)[:args.max_records]
-    valid = read_split(args.data, args.valid_split, log) if args.valid_n else []
-    if len(records) < 2:
-        raise SystemExit(f"{args.data}: need at least 2 training records, found {len(records)}")
-    device = acc.device if args.device is None else torch.device(args.device)
     converted = False
     if args.resume and (out / "config.json").is_file():
         model = sllm.load(out, llm=args.llm, clip=args.clip, device=device)
@@ -352,115 +377,193 @@ def main(argv=None) -> dict:
         model = sllm.create(args.llm, args.clip, image_tokens=args.image_tokens, device=device,
                             output_rows=args.output_rows, query_layer=args.query_layer, prompt=args.prompt)
     model.config.extra.update({"data": str(args.data), "steps": args.steps, "stop_after": args.stop_after,
-                               "batch_size": args.batch_size, "lr": args.lr, "lr_wt": args.lr_wt, "weight_decay": args.weight_decay, "lam": args.lam,
-                               "general": args.general, "seed": args.seed})
-    clip = model.clip
-    records = usable(records)
-    feats = image_features(clip, records, log)
-    index_of = {r.id: i for i, r in enumerate(records)}
-    bank = torch.from_numpy(feats)
-    general = general_answers(model, general_instructions(part="train"), args.general_tokens, log) \
-        if args.general > 0 else []
+                               "batch_size": args.batch_size, "lr": args.lr, "lr_wt": args.lr_wt,
+                               "weight_decay": args.weight_decay, "lam": args.lam, "general": args.general,
+                               "seed": args.seed})
+    return model, converted
 
-    params = list(model.trainable().values())
+
+def make_optimizer(args, model, params):
+    """AdamW over the trained parameters (W_t at --lr-wt) with linear warmup, then a cosine decay over
+    --steps -> (optimizer, scheduler)."""
     w_t = [model.w_t.weight]
     others = [p for p in params if p is not model.w_t.weight]
     lr_wt = args.lr if args.lr_wt is None else args.lr_wt
     opt = torch.optim.AdamW([{"params": others}, {"params": w_t, "lr": lr_wt}], lr=args.lr,
                             weight_decay=args.weight_decay)
-    if args.init_wt and not (args.resume and (out / "trainer_state.pt").is_file()):
-        model.config.extra["init_w_t"] = init_w_t(model, random.Random(args.seed + 1), records, index_of, feats,
-                                                  args.init_wt, args.ridge, log)
 
     def lr_at(step):
         if step < args.warmup:
             return (step + 1) / args.warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    start = 0
-    state_path = out / "trainer_state.pt"
-    if args.resume and state_path.is_file():
-        st = torch.load(state_path, weights_only=False)
-        if converted:
-            log("the optimizer starts afresh: the adapter gained output rows")
-        else:
-            opt.load_state_dict(st["optimizer"])
-            if "adapter" in st:
-                model.load_adapter(st["adapter"], where=str(state_path))
-        sched.load_state_dict(st["scheduler"])
-        rng.setstate(st["rng"])
-        torch.set_rng_state(st["torch_rng"])
-        start = st["step"]
-        log(f"resumed at step {start}")
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "train_log.jsonl"
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+def setup(args) -> Run:
+    """Accelerator, seeds, the training and validation stickers, the model, the stickers' image features,
+    the frozen LLM's answers to general instructions (--general), optimizer and schedule."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(mixed_precision=args.mixed_precision, cpu=args.device == "cpu")
+    out = Path(args.out)
+    rng = random.Random(args.seed + acc.process_index)
+    torch.manual_seed(args.seed)
+    records = read_split(args.data, args.split, log)[:args.max_records]
+    valid = read_split(args.data, args.valid_split, log) if args.valid_n else []
+    if len(records) < 2:
+        raise SystemExit(f"{args.data}: need at least 2 training records, found {len(records)}")
+    model, converted = open_model(args, out, acc.device if args.device is None else torch.device(args.device))
+    records = usable(records)
+    feats = image_features(model.clip, records, log)
+    general = general_answers(model, general_instructions(part="train"), args.general_tokens, log) \
+        if args.general > 0 else []
+    params = list(model.trainable().values())
+    opt, sched = make_optimizer(args, model, params)
+    return Run(args, acc, out, model, converted, rng, records, valid, feats,
+               index_of={r.id: i for i, r in enumerate(records)}, bank=torch.from_numpy(feats), general=general,
+               params=params, opt=opt, sched=sched)
+
+
+def start_w_t(run: Run) -> None:
+    """--init-wt: W_t starts at the ridge-regression map from `<ret>` states to the targets."""
+    args = run.args
+    run.model.config.extra["init_w_t"] = init_w_t(run.model, random.Random(args.seed + 1), run.records, run.index_of,
+                                                  run.feats, args.init_wt, args.ridge, log)
+
+
+def resume(run: Run) -> int:
+    """Optimizer (afresh when the adapter gained output rows) and the adapter of the checkpoint's step,
+    schedule and random states from OUT/trainer_state.pt -> the step to continue from."""
+    st = torch.load(run.state_path, weights_only=False)
+    if run.converted:
+        log("the optimizer starts afresh: the adapter gained output rows")
+    else:
+        run.opt.load_state_dict(st["optimizer"])
+        if "adapter" in st:
+            run.model.load_adapter(st["adapter"], where=str(run.state_path))
+    run.sched.load_state_dict(st["scheduler"])
+    run.rng.setstate(st["rng"])
+    torch.set_rng_state(st["torch_rng"])
+    log(f"resumed at step {st['step']}")
+    return st["step"]
+
+
+def open_log(run: Run, start: int) -> None:
+    """OUT/train_log.jsonl from step `start` on: a new run starts it afresh; a resumed one drops the rows
+    logged after its checkpoint (then killed), which are logged again."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    log_path = run.log_path
     if start == 0 and log_path.exists():
         log_path.unlink()
-    elif log_path.exists():  # rows logged after the checkpoint (then killed) are logged again
+    elif log_path.exists():
         tmp = log_path.with_name(f".{log_path.name}.{os.getpid()}")
         kept = [line for line in log_path.read_text().splitlines() if _logged_step(line) <= start]
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, log_path)
+
+
+def log_row(run: Run, row: dict) -> None:
+    with run.log_path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def train_step(run: Run) -> dict:
+    """One AdamW step on a fresh batch -> the loss and its parts (lm, t2i, i2t: scalars)."""
+    args, model, acc = run.args, run.model, run.acc
+    examples, images, targets, rows = sample_batch(model, run.rng, run.records, run.index_of, run.feats, run.general,
+                                                   args.batch_size, args.general)  # targets (B, d), rows (B,)
+    batch = model.batch(examples, images)
+    with acc.autocast():
+        parts = model.loss(batch, targets, args.lam, bank=run.bank, target_idx=rows.clamp(min=0))  # -1: general
+    acc.backward(parts["loss"])
+    if acc.num_processes > 1:
+        for p in run.params:
+            if p.grad is not None:
+                p.grad = acc.reduce(p.grad, "mean")
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    return parts
+
+
+def validate(run: Run, step: int) -> dict:
+    """T2I recall of the first --valid-n validation stickers, logged -> the recall."""
+    result = t2i_recall(run.model, run.valid[:run.args.valid_n], seed=run.args.seed)
+    log_row(run, {"step": step, "valid_t2i": result})
+    log(f"step {step}: valid T2I {result}")
+    return result
+
+
+def train_loop(run: Run, start: int) -> dict:
+    """Steps `start` to run.last: a log row every --log-every steps; validation and a checkpoint every
+    --save-every and at the last (on the main process) -> the last validation recall ({} if none)."""
+    args, model, acc = run.args, run.model, run.acc
     model.train()
     t0, seen = time.time(), 0
     result = {}
-    last = min(args.steps, args.stop_after or args.steps)
-    for step in range(start, last):
-        examples, images, targets, rows = sample_batch(model, rng, records, index_of, feats, general,
-                                                       args.batch_size, args.general)
-        batch = model.batch(examples, images)
-        with acc.autocast():
-            parts = model.loss(batch, targets, args.lam, bank=bank, target_idx=rows.clamp(min=0))
-        acc.backward(parts["loss"])
-        if acc.num_processes > 1:
-            for p in params:
-                if p.grad is not None:
-                    p.grad = acc.reduce(p.grad, "mean")
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        seen += len(examples)
+    for step in range(start, run.last):
+        parts = train_step(run)
+        seen += args.batch_size
         done = step + 1
-        if done % args.log_every == 0 or done == last:
+        if done % args.log_every == 0 or done == run.last:
             row = {"step": done, **{k: round(float(v.detach()), 4) for k, v in parts.items()},
-                   "lr": sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1),
+                   "lr": run.sched.get_last_lr()[0], "seconds": round(time.time() - t0, 1),
                    "samples_per_s": round(seen / (time.time() - t0), 2)}
             if acc.is_main_process:
                 log(json.dumps(row))
-                with log_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
-        if acc.is_main_process and (done % args.save_every == 0 or done == last):
+                log_row(run, row)
+        if acc.is_main_process and (done % args.save_every == 0 or done == run.last):
             model.eval()
-            if valid and args.valid_n:
-                result = t2i_recall(model, valid[:args.valid_n], seed=args.seed)
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": done, "valid_t2i": result}) + "\n")
-                log(f"step {done}: valid T2I {result}")
+            if run.valid and args.valid_n:
+                result = validate(run, done)
             model.config.extra["trained_steps"] = done
-            save_state(out, model, opt, sched, done, rng)
+            save_state(run.out, model, run.opt, run.sched, done, run.rng)
             model.train()
     model.eval()
-    if args.refit_out and acc.is_main_process:
-        model.config.extra["refit_out"] = refit_out(model, random.Random(args.seed + 3), records, index_of, feats,
-                                                    general, args.refit_out, args.general, args.refit_out_steps,
-                                                    args.refit_out_lr, log)
-        if not args.refit_wt:
-            save_state(out, model, opt, sched, last, rng)
-    if args.refit_wt and acc.is_main_process:
-        if not valid:
-            raise SystemExit("--refit-wt needs validation records (--valid-split, --valid-n)")
-        model.config.extra["refit_w_t"] = refit_w_t_teacher_forced(
-            model, random.Random(args.seed + 2), records, index_of, feats, valid[-args.refit_valid:], args.refit_wt,
-            args.ridge, args.refit_epochs, log)
-        if args.valid_n:
-            result = t2i_recall(model, valid[:args.valid_n], seed=args.seed)
-            log(f"after the refit: valid T2I {result}")
-            with log_path.open("a") as f:
-                f.write(json.dumps({"step": last, "refit": model.config.extra["refit_w_t"],
-                                    "valid_t2i": result}) + "\n")
-        save_state(out, model, opt, sched, last, rng)
-    return {"steps": last, "valid_t2i": result, "out": str(out)}
+    return result
+
+
+def refit_output_row(run: Run) -> None:
+    """--refit-out: `<ret>`'s output row refit on cached answer states; saved (unless --refit-wt follows)."""
+    args = run.args
+    run.model.config.extra["refit_out"] = refit_out(run.model, random.Random(args.seed + 3), run.records,
+                                                    run.index_of, run.feats, run.general, args.refit_out, args.general,
+                                                    args.refit_out_steps, args.refit_out_lr, log)
+    if not args.refit_wt:
+        save_state(run.out, run.model, run.opt, run.sched, run.last, run.rng)
+
+
+def refit_query_map(run: Run) -> dict:
+    """--refit-wt: W_t refit on teacher-forced `<ret>` states, then validated, logged and saved -> the
+    validation recall."""
+    args = run.args
+    if not run.valid:
+        raise SystemExit("--refit-wt needs validation records (--valid-split, --valid-n)")
+    fit = refit_w_t_teacher_forced(run.model, random.Random(args.seed + 2), run.records, run.index_of, run.feats,
+                                   run.valid[-args.refit_valid:], args.refit_wt, args.ridge, args.refit_epochs, log)
+    run.model.config.extra["refit_w_t"] = fit
+    result = t2i_recall(run.model, run.valid[:args.valid_n], seed=args.seed)  # validation is read with --valid-n
+    log(f"after the refit: valid T2I {result}")
+    log_row(run, {"step": run.last, "refit": fit, "valid_t2i": result})
+    save_state(run.out, run.model, run.opt, run.sched, run.last, run.rng)
+    return result
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    run = setup(args)
+    checkpoint = args.resume and run.state_path.is_file()
+    if args.init_wt and not checkpoint:
+        start_w_t(run)
+    start = resume(run) if checkpoint else 0
+    open_log(run, start)
+    result = train_loop(run, start)
+    if args.refit_out and run.acc.is_main_process:
+        refit_output_row(run)
+    if args.refit_wt and run.acc.is_main_process:
+        result = refit_query_map(run)
+    return {"steps": run.last, "valid_t2i": result, "out": str(run.out)}
 
 
 if __name__ == "__main__":
