@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from stickerclip.data import build_text, read_jsonl
-from stickerclip.model import StickerCLIP, load_model, named_config
+from stickerclip.model import StickerCLIP, named_config
+from stickerclip.factory import load_model
 
 TEXT = "一个黄色圆脸的卡通表情：笑哭了，配文字“哈哈哈”；搞笑，兴奋；可爱卡通；哈哈哈"
 

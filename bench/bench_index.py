@@ -20,7 +20,8 @@ import torch
 from stickerclip.data import read_jsonl
 from stickerclip.gallery import GALLERY
 from stickerclip.index import StickerIndex
-from stickerclip.model import DEFAULT_MODEL, load_model
+from stickerclip.model import DEFAULT_MODEL
+from stickerclip.factory import load_model
 
 
 def main(argv=None):

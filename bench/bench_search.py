@@ -142,7 +142,8 @@ def main(argv=None):
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    from stickerclip.model import DEFAULT_MODEL, load_model
+    from stickerclip.model import DEFAULT_MODEL
+    from stickerclip.factory import load_model
 
     model = load_model(args.model or DEFAULT_MODEL)
     rows = []

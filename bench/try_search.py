@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--k", type=int, default=8)
     args = ap.parse_args(argv)
     from stickerclip.gallery import default_index
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
     from train.emoji_styles import load_words
 
     words = load_words(args.sources)

@@ -13,8 +13,12 @@ __all__ = [
 
 
 def __getattr__(name):  # the model factory, imported on first use (it brings in torch and transformers)
-    if name in ("StickerCLIP", "load_model"):
-        from . import model
+    if name == "StickerCLIP":
+        from .model import StickerCLIP
 
-        return getattr(model, name)
+        return StickerCLIP
+    if name == "load_model":
+        from .factory import load_model
+
+        return load_model
     raise AttributeError(f"module 'stickerclip' has no attribute {name!r}")

@@ -23,7 +23,8 @@ def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None, pr
     from .data import read_jsonl
     from .index import StickerIndex
     from .llm import cache_dir
-    from .model import DEFAULT_MODEL, load_model
+    from .model import DEFAULT_MODEL
+    from .factory import load_model
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
 

@@ -75,7 +75,8 @@ class IndexStore:
 
         `model` is a StickerCLIP or a `load_model` source; None means the model the index was built
         with (the embedded default for a new index). Raises IndexModelMismatch for another model."""
-        from .model import DEFAULT_MODEL, load_model
+        from .model import DEFAULT_MODEL
+        from .factory import load_model
 
         d = Path(directory).expanduser()
         if not (d / "meta.sqlite").is_file():

@@ -439,7 +439,7 @@ def _llm(llm, device, dtype):
 def _clip(clip, llm_name, llm_pair, device):
     if clip is None or not isinstance(clip, (str, os.PathLike)):
         return clip
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
 
     # a StickerCLIP whose text tower is this same LLM shares the loaded instance
     cfg = Path(clip) / "config.json"

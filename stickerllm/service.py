@@ -281,7 +281,7 @@ class StickerService:
         from stickerclip.gallery import default_index
         from stickerclip.index import IndexSet, StickerIndex
         from stickerclip.llm import cache_dir
-        from stickerclip.model import load_model
+        from stickerclip.factory import load_model
         from stickerclip.runtime import keep_freed_memory
 
         keep_freed_memory(256 << 20)  # convolution activations reuse freed memory, not fresh pages

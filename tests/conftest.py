@@ -24,7 +24,7 @@ def tiny_dir(tmp_path_factory):
     """A tiny random StickerCLIP saved in a folder (its load_model source)."""
     import torch
 
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("tiny")
@@ -34,7 +34,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
 
     return load_model(str(tiny_dir))
 

@@ -14,7 +14,7 @@ def test_search_and_index_benches_run_tiny(tmp_path, monkeypatch, capsys):
     import torch
 
     from bench import bench_index, bench_search
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
 
     monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)

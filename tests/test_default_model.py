@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from train import build_multistyle, eval_stickerclip
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ def test_default_adapter_loads_offline_and_shares_the_llm_with_stickerclip():
 def test_the_app_holds_one_llm_for_search_and_chat():
     """As StickerService loads them (both with the device): StickerCLIP's text tower and the chat read
     the same LLM instance (a second copy was 0.4 GB more resident and 1 GB more to page in)."""
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
 
     clip = load_model(str(ROOT / "assets" / "stickerclip"), device="cpu")
     m = load(DEFAULT, clip=clip, device="cpu")

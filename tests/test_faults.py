@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from stickerclip.index import IndexDiskFull, StickerIndex
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from stickerclip.vectors import VectorIndex
 from devkit.imagegen import animated_bytes
 from tests.test_index import stored

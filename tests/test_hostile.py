@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from stickerclip.data import StickerRecord, read_sticker820k
 from stickerclip.images import StickerImageError, TruncatedImageError, UnreadableImageError, load_sticker
 from stickerclip.index import StickerIndex
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from stickerllm.chat import ChatSettings
 from stickerllm.prompt import PromptBuilder, valid_text
 from stickerllm.service import ChatSession

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 from stickerclip.data import StickerRecord, read_folder
 from stickerclip.images import UnreadableImageError
 from stickerclip.index import IndexModelMismatch, StickerIndex
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from stickerclip.vectors import VectorIndex
 from devkit.imagegen import animated_bytes, png_bytes
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stickerclip.model import StickerCLIP, load_model, named_config, pool_frames
+from stickerclip.model import StickerCLIP, named_config, pool_frames
+from stickerclip.factory import load_model
 from devkit.imagegen import animated_bytes, png_bytes
 from devkit.tinymodels import TINY_CN_CLIP_RN, TINY_CN_CLIP_VIT, cn_clip_model, tiny_llm
 

@@ -143,7 +143,7 @@ def test_efficientnet_batchnorm_stays_frozen_in_train_mode():
 
 
 def test_tiny_effnet_model_round_trip_and_trunk_features(tmp_path):
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
     from devkit.tinymodels import tiny_llm
 
     m = load_model("tiny-effnet", llm=tiny_llm("gemma"))
@@ -220,9 +220,9 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
     llm = tiny_llm("gemma")
     torch.manual_seed(0)
     StickerCLIP(named_config("tiny-effnet"), llm=llm).save(tmp_path / "init")
-    import stickerclip.model as sm
+    import stickerclip.factory as sf
 
-    real = sm.load_model
+    real = sf.load_model
     monkeypatch.setattr(tv, "load_model", lambda src, llm=None: real(src, llm=llm_pair))
     llm_pair = llm
     res = tv.main(["--data", str(out), "--out", str(tmp_path / "run"), "--init", str(tmp_path / "init"),
@@ -249,6 +249,18 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
 
 def test_load_model_is_exported_at_package_level():
     import stickerclip
-    from stickerclip import model
+    from stickerclip import factory, model
 
-    assert stickerclip.load_model is model.load_model and stickerclip.StickerCLIP is model.StickerCLIP
+    assert stickerclip.load_model is factory.load_model and stickerclip.StickerCLIP is model.StickerCLIP
+
+
+def test_the_model_module_imports_neither_the_factory_nor_convert():
+    """No circle: convert imports model, the factory both, model neither (not even lazily)."""
+    import ast
+    from pathlib import Path
+
+    import stickerclip.model as m
+
+    tree = ast.parse(Path(m.__file__).read_text(encoding="utf-8"))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not imported & {"factory", "convert", "stickerclip.factory", "stickerclip.convert"}, imported

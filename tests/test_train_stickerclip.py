@@ -7,7 +7,7 @@ from PIL import Image, ImageDraw
 
 from stickerclip.data import StickerRecord, write_jsonl
 from stickerclip.metrics import paired_ranks, recall_from_ranks, retrieval_metrics
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from train import eval_stickerclip, train_stickerclip
 
 COLOURS = {"红色": (230, 30, 30), "绿色": (30, 200, 30), "蓝色": (30, 30, 230), "黄色": (240, 220, 20)}

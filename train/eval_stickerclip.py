@@ -23,7 +23,7 @@ import numpy as np
 
 from stickerclip.data import build_text
 from stickerclip.metrics import retrieval_metrics
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from train.common import cjk_font, read_split, usable
 
 

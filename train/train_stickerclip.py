@@ -28,7 +28,7 @@ from stickerclip.augment import random_resized_crops
 from stickerclip.data import build_text
 from stickerclip.loss import clip_loss
 from stickerclip.metrics import retrieval_metrics
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from train.common import jsonl_logger, llm_states, param_groups, read_split
 
 

@@ -31,7 +31,7 @@ import torch
 from stickerclip.augment import sticker_look
 from stickerclip.data import read_jsonl
 from stickerclip.loss import multi_positive_loss
-from stickerclip.model import load_model
+from stickerclip.factory import load_model
 from stickerclip.runtime import keep_freed_memory
 from train import query_forms as qf
 from train.common import jsonl_logger, llm_states, param_groups

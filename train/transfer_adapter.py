@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ridge", type=float, default=1.0)
     args = ap.parse_args(argv)
     from stickerllm import model as sllm
-    from stickerclip.model import load_model
+    from stickerclip.factory import load_model
 
     old = sllm.load(args.adapter, clip=args.old_clip)
     new_clip = load_model(args.new_clip, llm=(old.llm, old.tokenizer))
