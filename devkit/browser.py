@@ -38,6 +38,20 @@ def wait_for(fn, timeout: float = 60.0, every: float = 0.1, what: str = "conditi
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def open_chat(url: str, profile: str):
+    """A headless Chromium (its profile in `profile`) on the app at `url`, once its chat box is up."""
+    from selenium.webdriver.common.by import By
+
+    driver = chrome(profile)
+    try:
+        driver.get(url)
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#chat-input textarea"), 60, what="the chat box")
+    except BaseException:
+        driver.quit()
+        raise
+    return driver
+
+
 def send_chat(driver, text: str, files=()) -> None:
     """Type into the chat box (attaching `files`) and press Enter."""
     from selenium.webdriver.common.by import By

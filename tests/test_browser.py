@@ -35,11 +35,8 @@ def test_chat_search_and_upload_in_a_browser(running_app):
     service, url, root = running_app
     shots = Path(os.environ.get("STICKER_CHAT_SCREENSHOTS") or root / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    driver = browser.chrome(str(root / "chrome-profile"))
+    driver = browser.open_chat(url, str(root / "chrome-profile"))
     try:
-        driver.get(url)
-        browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#chat-input textarea"), 60,
-                         what="the chat box")
         # a retrieval request: the reply streams, then a gallery of stickers sits inside it
         browser.send_chat(driver, "来个表情包")
         lengths = browser.watch_reply(driver, 1)
@@ -81,11 +78,8 @@ def test_typing_while_a_reply_streams_is_kept_and_a_message_sent_then_waits_its_
     from selenium.webdriver.common.keys import Keys
 
     service, url, root = running_app
-    driver = browser.chrome(str(root / "chrome-profile-typing"))
+    driver = browser.open_chat(url, str(root / "chrome-profile-typing"))
     try:
-        driver.get(url)
-        browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#chat-input textarea"), 60,
-                         what="the chat box")
         browser.send_chat(driver, "第一条")
         browser.wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#chatbot .bot-row")) >= 1, 30,
                          what="the first reply to start")

@@ -128,7 +128,8 @@ def _write_release(root, entries, train, valid):
     with env_i.begin(write=True) as ti, env_b.begin(write=True) as tb:
         for name, (info, data) in entries.items():
             ti.put(name.encode(), info if isinstance(info, bytes) else pickle.dumps(info))
-            tb.put(name.encode(), data)
+            if data is not None:  # None: an entry without its image
+                tb.put(name.encode(), data)
     env_i.close()
     env_b.close()
     (root / "train.txt").write_text("".join(f"{n}\n" for n in train))
@@ -169,17 +170,7 @@ def test_sticker820k_broken_records_reported_and_skipped(tmp_path):
         "noimage.png": ({"caption": "无图"}, None),
     }
     root = tmp_path / "release"
-    root.mkdir()
-    env_i = lmdb.open(str(root / "infos"), map_size=1 << 24)
-    env_b = lmdb.open(str(root / "imgs"), map_size=1 << 24)
-    with env_i.begin(write=True) as ti, env_b.begin(write=True) as tb:
-        for name, (info, data) in entries.items():
-            ti.put(name.encode(), info if isinstance(info, bytes) else pickle.dumps(info))
-            if data is not None:
-                tb.put(name.encode(), data)
-    env_i.close()
-    env_b.close()
-    (root / "train.txt").write_text("good.png\nbadpickle.png\nnotdict.png\nmissing.png\nnoimage.png\n")
+    _write_release(root, entries, ["good.png", "badpickle.png", "notdict.png", "missing.png", "noimage.png"], [])
     errors = []
     recs = list(read_sticker820k(root, "train", on_error=errors.append))
     assert [r.id for r in recs] == ["good.png", "noimage.png"]
@@ -235,19 +226,10 @@ def test_sticker820k_reader_refuses_a_pickle_that_would_run_code(tmp_path):
              "s": {"x"}, "o": OrderedDict(a=1), "b": b"\x00"}
     for protocol in (2, 4, 5):
         assert safe_unpickle(pickle.dumps(plain, protocol=protocol)) == plain
-    entries = {"good.png": pickle.dumps({"caption": "好", "style_class": "可爱卡通"}),
-               "hostile.png": pickle.dumps({"caption": _Hostile(str(target))})}
     root = tmp_path / "release"
-    root.mkdir()
-    env_i = lmdb.open(str(root / "infos"), map_size=1 << 24)
-    env_b = lmdb.open(str(root / "imgs"), map_size=1 << 24)
-    with env_i.begin(write=True) as ti, env_b.begin(write=True) as tb:
-        for name, info in entries.items():
-            ti.put(name.encode(), info)
-            tb.put(name.encode(), png_bytes())
-    env_i.close()
-    env_b.close()
-    (root / "train.txt").write_text("good.png\nhostile.png\n")
+    _write_release(root, {"good.png": ({"caption": "好", "style_class": "可爱卡通"}, png_bytes()),
+                          "hostile.png": (pickle.dumps({"caption": _Hostile(str(target))}), png_bytes())},
+                   ["good.png", "hostile.png"], [])
     errors = []
     recs = list(read_sticker820k(root, "train", on_error=errors.append))
     assert [r.id for r in recs] == ["good.png"] and not target.exists()
