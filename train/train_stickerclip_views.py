@@ -23,7 +23,9 @@ import hashlib
 import json
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -103,8 +105,26 @@ def validate(model, valid, concepts, holdout) -> dict:
     return res
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+@dataclass
+class Run:
+    """What the stages share: the arguments, the folders, the log, the data and the model."""
+
+    args: argparse.Namespace
+    out: Path
+    cache: Path
+    log: Callable
+    train: list
+    valid: list
+    concepts: dict
+    holdout: str
+    model: object
+    freeze: bool  # --mode freeze-vision: only the projections train
+    start: int | None  # the first trained block of the image tower (None when frozen)
+
+
+def setup(args) -> Run:
+    """Folders, the log, seeds, the corpus (its held-out art style left out of training) and the
+    initial model, checked against the recipe."""
     keep_freed_memory()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,31 +152,51 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--tune-from {start}: the image tower has {n_blocks} blocks")
     log(f"training on {len(train)} stickers ({len(concepts)} concepts), validating on {len(valid)}",
         mode=args.mode, tune_from=start, holdout=holdout)
+    return Run(args, out, cache, log, train, valid, concepts, holdout, model, freeze, start)
 
-    # ---- stage 1: cached image views and text states
+
+@dataclass
+class Inputs:
+    """Stage 1's cached inputs: image views (trunk maps) per sticker, query forms, text states."""
+
+    maps: np.ndarray  # (rows, ...) the image tower's maps below `start`, or pooled features when frozen
+    rows_of: list  # per training sticker: its rows of `maps`
+    forms: list  # per training sticker: its query forms (train.query_forms)
+    viewsets: list  # per training sticker: every text that may stand for it
+    states: dict  # text -> the frozen LLM's pooled state (H,)
+
+
+def cached_inputs(run: Run) -> Inputs:
+    """Stage 1: image views and text states, computed once and cached under --cache."""
+    args, model, train = run.args, run.model, run.train
     train_concepts = {r.concept for r in train}
-    vague = qf.vague_keywords({k: v for k, v in concepts.items() if k in train_concepts})
-    forms = [qf.record_forms(r, concepts.get(r.concept), vague) for r in train]
+    vague = qf.vague_keywords({k: v for k, v in run.concepts.items() if k in train_concepts})
+    forms = [qf.record_forms(r, run.concepts.get(r.concept), vague) for r in train]
     viewsets = [frozenset(t for ts in f.values() for t in ts) for f in forms]
-    key = hashlib.sha256(json.dumps([model.identity(), [r.id for r in train], args.views, start, args.seed,
+    key = hashlib.sha256(json.dumps([model.identity(), [r.id for r in train], args.views, run.start, args.seed,
                                      model.config.image_size]).encode()).hexdigest()[:16]
-    vpath = cache / f"views-{key}.npz"
+    vpath = run.cache / f"views-{key}.npz"
     if vpath.is_file():
         with np.load(vpath) as z:
             maps, owner = z["maps"], z["owner"]
-        log(f"views from {vpath}", rows=len(maps))
+        run.log(f"views from {vpath}", rows=len(maps))
     else:
-        maps, owner = cache_views(model, train, args.views, start, args.seed, log)
+        maps, owner = cache_views(model, train, args.views, run.start, args.seed, run.log)
         np.savez(vpath, maps=maps, owner=owner)
     rows_of = [np.flatnonzero(owner == i) for i in range(len(train))]
     texts = sorted(set().union(*viewsets))
-    states = llm_states(model, texts, str(cache / "text-states.npz"), log)
+    states = llm_states(model, texts, str(run.cache / "text-states.npz"), run.log)
+    return Inputs(maps, rows_of, forms, viewsets, states)
 
-    # ---- stage 2: contrastive training of the top of the image tower and the projections
+
+def make_optimizer(run: Run) -> torch.optim.Optimizer:
+    """Stage 2's trainable set: the projections, the temperature and (unless frozen) the image tower
+    from block `start` up, the tower at its own learning rate."""
+    args, model = run.args, run.model
     model.requires_grad_(False)
     trained = [model.visual_projection, model.text_projection]
-    if not freeze:
-        trained += [model.vision._blocks[start:], model.vision._conv_head, model.vision._bn1]
+    if not run.freeze:
+        trained += [model.vision._blocks[run.start:], model.vision._conv_head, model.vision._bn1]
     for m in trained:
         m.requires_grad_(True)
     model.logit_scale.requires_grad_(True)
@@ -166,11 +206,17 @@ def main(argv=None) -> dict:
         vis = [p for p in g["params"] if id(p) in vision_ids]
         rest = [p for p in g["params"] if id(p) not in vision_ids]
         groups += [{**g, "params": rest, "lr": args.lr}] + ([{**g, "params": vis, "lr": args.lr_vision}] if vis else [])
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
+
+
+def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[float, dict, dict | None]:
+    """Stage 2: contrastive training (warm-up, cosine decay), validated every --eval-every steps.
+    Returns (the last loss, the best validation, the best weights)."""
+    args, model, train = run.args, run.model, run.train
     base_lrs = [g["lr"] for g in opt.param_groups]
     warm = max(1, args.steps // 20)
     rng = random.Random(args.seed)
-    best = {"score": -1.0}
+    best, best_state = {"score": -1.0}, None
     model.train()
     t0 = time.time()
     for step in range(1, args.steps + 1):
@@ -178,33 +224,46 @@ def main(argv=None) -> dict:
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
         idx = rng.sample(range(len(train)), min(args.batch_size, len(train)))
-        x = torch.from_numpy(maps[[rng.choice(rows_of[i]) for i in idx]].astype(np.float32))
-        batch_texts = [qf.draw(forms[i], rng) for i in idx]
-        h = torch.from_numpy(np.stack([states[t] for t in batch_texts]))  # (B, H)
-        positives = torch.tensor([[t in viewsets[j] for j in idx] for t in batch_texts])  # (B texts, B images)
-        img = model.visual_projection(x) if freeze else model.image_features_from_trunk(x, start)  # (B, D)
+        x = torch.from_numpy(inputs.maps[[rng.choice(inputs.rows_of[i]) for i in idx]].astype(np.float32))
+        batch_texts = [qf.draw(inputs.forms[i], rng) for i in idx]
+        h = torch.from_numpy(np.stack([inputs.states[t] for t in batch_texts]))  # (B, H)
+        positives = torch.tensor([[t in inputs.viewsets[j] for j in idx] for t in batch_texts])  # (B texts, B images)
+        img = model.visual_projection(x) if run.freeze else model.image_features_from_trunk(x, run.start)  # (B, D)
         txt = model.text_projection(torch.nn.functional.dropout(h, args.text_dropout))  # (B, D)
         loss = multi_positive_loss(img, txt, model.logit_scale, positives)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 25 == 0 or step == args.steps:
-            log("step", step=step, loss=round(loss.item(), 4), lr=round(opt.param_groups[0]["lr"], 6),
-                temperature=round(1 / model.logit_scale.exp().item(), 4), seconds=round(time.time() - t0))
-        if valid and (step % args.eval_every == 0 or step == args.steps):
-            res = validate(model, valid, concepts, holdout)
+            run.log("step", step=step, loss=round(loss.item(), 4), lr=round(opt.param_groups[0]["lr"], 6),
+                    temperature=round(1 / model.logit_scale.exp().item(), 4), seconds=round(time.time() - t0))
+        if run.valid and (step % args.eval_every == 0 or step == args.steps):
+            res = validate(model, run.valid, run.concepts, run.holdout)
             model.train()
-            log("validation", step=step, score=res["score"], t2i={k: v["MR"] for k, v in res["t2i"].items()},
-                i2i={k: v["MR"] for k, v in res.get("i2i", {}).items()})
+            run.log("validation", step=step, score=res["score"], t2i={k: v["MR"] for k, v in res["t2i"].items()},
+                    i2i={k: v["MR"] for k, v in res.get("i2i", {}).items()})
             if res["score"] > best["score"]:
                 best = {"score": res["score"], "step": step}
                 best_state = copy.deepcopy(model.own_state_dict())
-    if valid:
-        model.load_state_dict(best_state, strict=False)
-    model.eval().save(out)
-    result = {"steps": args.steps, "loss": round(loss.item(), 4), "best": best, "mode": args.mode, "tune_from": start}
-    log("done", **result)
+    return loss.item(), best, best_state
+
+
+def finish(run: Run, loss: float, best: dict, best_state: dict | None) -> dict:
+    """Keep the weights that validated best, save the model, log the result."""
+    if run.valid:
+        run.model.load_state_dict(best_state, strict=False)
+    run.model.eval().save(run.out)
+    result = {"steps": run.args.steps, "loss": round(loss, 4), "best": best, "mode": run.args.mode,
+              "tune_from": run.start}
+    run.log("done", **result)
     return result
+
+
+def main(argv=None) -> dict:
+    run = setup(parse_args(argv))
+    inputs = cached_inputs(run)
+    opt = make_optimizer(run)
+    return finish(run, *train_loop(run, inputs, opt))
 
 
 if __name__ == "__main__":
