@@ -25,7 +25,7 @@ from stickerclip.data import build_text, read_records
 from stickerclip.metrics import paired_ranks, recall_from_ranks
 from stickerllm.tokens import RET
 from train.build_instructions import make
-from train.common import usable
+from train.common import ridge_fit, usable
 
 
 def states(model, records, layers: list[int], seed: int, batch_size: int = 16) -> dict[int, np.ndarray]:
@@ -39,24 +39,19 @@ def states(model, records, layers: list[int], seed: int, batch_size: int = 16) -
             e = model.builder.encode([{"role": "user", "content": ins.instruction}], pret=True)
             e.extend([model.specials.ret], special=RET)
             encs.append(e)
-        T = max(len(e) for e in encs)
-        ids = torch.full((len(encs), T), model.builder.pad_id, dtype=torch.long)
-        special = torch.full_like(ids, -1)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(encs):
-            ids[i, T - len(e):], special[i, T - len(e):], mask[i, T - len(e):] = \
-                torch.tensor(e.ids), torch.tensor(e.special), 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.inference_mode():
-            hs = model.body(inputs_embeds=model.embed_tokens(ids, special), attention_mask=mask, position_ids=pos,
+            embeds, mask = model.left_padded(encs)  # (B, T, H), (B, T): `<ret>` is every row's last token
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            hs = model.body(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                             output_hidden_states=True).hidden_states
         for k in layers:
             out[k].append(hs[k][:, -1].float().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def ridge(X: np.ndarray, Y: np.ndarray, lam: float) -> np.ndarray:
-    return np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ Y)
+def _ridge(X: np.ndarray, Y: np.ndarray, lam: float) -> np.ndarray:
+    """train.common.ridge_fit on numpy arrays: W (d_in, d_out)."""
+    return ridge_fit(torch.from_numpy(X), torch.from_numpy(Y), lam).numpy()
 
 
 def mr(q: np.ndarray, img: np.ndarray) -> float:
@@ -97,8 +92,8 @@ def main(argv=None) -> dict:
         n_val = min(300, len(X) // 5)
         fit, val = slice(0, len(X) - n_val), slice(len(X) - n_val, len(X))
         lam = max((10.0 ** p for p in range(0, 5)),
-                  key=lambda lam_: mr(X[val] @ ridge(X[fit], y_train[fit], lam_), y_train[val]))
-        probes[k] = {"lambda": lam, "test_mr": mr(Xt @ ridge(X, y_train, lam), img_test)}
+                  key=lambda lam_: mr(X[val] @ _ridge(X[fit], y_train[fit], lam_), y_train[val]))
+        probes[k] = {"lambda": lam, "test_mr": mr(Xt @ _ridge(X, y_train, lam), img_test)}
         probes[k]["ratio"] = round(probes[k]["test_mr"] / res["stickerclip_t2i_mr"], 3)
     res["probes"] = probes
     res["seconds"] = round(time.time() - t0)
