@@ -51,13 +51,14 @@ def gallery_items(views: list[dict]) -> list[tuple[str, str]]:
     return [(v["file"], v["caption"]) for v in views]
 
 
-PUBLIC_FIELDS = ("id", "score", "description", "emotions", "style", "ocr", "animated", "caption")
+PUBLIC_FIELDS = ("id", "score", "description", "emotions", "style", "ocr", "animated", "caption")  # /search
+CHAT_FIELDS = ("id", "score", "description", "emotions", "style", "ocr")  # a /chat reply's stickers
 
 
-def public_views(views: list[dict]) -> list[dict]:
-    """Results as the API returns them: ids and details, not the server's file paths (a client gets
+def public_views(views: list[dict], fields=PUBLIC_FIELDS) -> list[dict]:
+    """Stickers as the API returns them: ids and details, not the server's file paths (a client gets
     each sticker from the gallery output, which serves it by URL)."""
-    return [{k: v[k] for k in PUBLIC_FIELDS} for v in views]
+    return [{k: v[k] for k in fields} for v in views]
 
 
 def search(service: StickerService, text: str | None, image: str | None, top_k=SEARCH_TOP_K, beta=BETA, emotions=None,
@@ -256,10 +257,10 @@ def reply(service: StickerService, session: ChatSession, settings: ChatSettings)
         return
     live = session.outbox.popleft()
     session.drop_live = False
-    live.parts = [] if service.ready("chat") else [Said(LOADING)]
     session.live = live
     try:
         if not service.ready("chat"):
+            live.parts = [Said(LOADING)]
             yield render(session), gr.skip(), gr.skip()
             while not service.ready("chat"):
                 try:
@@ -314,9 +315,7 @@ def api_chat(service: StickerService, message: str, files, settings, session: Ch
     t0 = time.time()
     try:
         for update in service.chat(session, message or "", files, s):
-            stickers = [{k: v[k] for k in ("id", "score", "description", "emotions", "style", "ocr")}
-                        for v in update.stickers]  # no server paths (the gallery output serves the files)
-            out = {"text": update.text, "stickers": stickers, "done": update.done, "reason": update.reason,
+            out = {"text": update.text, "stickers": public_views(update.stickers, CHAT_FIELDS), "done": update.done, "reason": update.reason,
                    "seconds": round(time.time() - t0, 3), "turns": len(session.history)}
             yield out, gallery_items(update.stickers), session
     except (ValueError, TypeError, NotReady, StickerImageError, OSError) as exc:

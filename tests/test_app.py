@@ -244,6 +244,22 @@ def test_a_message_sent_while_a_reply_streams_waits_and_is_answered_next(service
     assert list(webui.reply(service, session, GREEDY)) == []  # nothing waits: nothing to answer
 
 
+def test_a_message_sent_while_the_chat_model_loads_says_so_then_gets_its_reply(service):
+    state, ready = service._state["chat"], service._chat_ready
+    service._set("chat", Phase.LOADING, "loading the LLM")
+    service._chat_ready = threading.Event()
+    session = ChatSession()
+    gen = webui.chat(service, "一", session, GREEDY)
+    msgs, side, views = next(gen)  # at once: the message, and a reply that says the model loads
+    assert msgs[0]["content"] == ["一"] and msgs[1]["content"] == [webui.LOADING]
+    assert side == views == gr.skip()  # the side gallery keeps what it shows
+    service._state["chat"] = state  # the model is loaded
+    service._chat_ready = ready
+    ready.set()
+    outs = list(gen)
+    assert outs[-1][0][1]["content"][0] != webui.LOADING and [ex.message for ex in session.history] == ["一"]
+
+
 def test_a_bad_attachment_is_refused_before_the_box_is_cleared(service, tmp_path):
     bad = tmp_path / "fake.gif"
     bad.write_bytes(b"GIF89a" + b"\0" * 5)
