@@ -62,31 +62,33 @@ def tiny_models(seed: int = 0):
     return clip, model.eval()
 
 
-def force_retrieval(chatter, delay: float = 0.0) -> dict:
+def force_retrieval(chatter, delay: float = 0.0) -> None:
     """Make the chat model emit <ret> as the first token of every reply (greedy text after it), each
-    decoding step taking at least `delay` seconds (to watch streaming)."""
+    decoding step (of the whole batch) taking at least `delay` seconds (to watch streaming)."""
     model = chatter.model
-    state = {"step": 0}
-    logits, decode = model.logits, chatter._decode
+    logits, make_reply = model.logits, chatter._reply
 
-    def forced_logits(hidden):
+    def slow_logits(hidden):
         out = logits(hidden)
-        if hidden.dim() == 2:
-            if state["step"] == 0:
-                out = out.clone()
-                out[..., model.specials.ret] = 1e4
-            state["step"] += 1
-            if delay:
-                time.sleep(delay)
+        if hidden.dim() == 2 and delay:
+            time.sleep(delay)
         return out
 
-    def fresh_decode(*args, **kwargs):
-        state["step"] = 0
-        yield from decode(*args, **kwargs)
+    def forcing_reply(*args, **kwargs):
+        reply = make_reply(*args, **kwargs)
+        choose = reply.choose
 
-    model.logits = forced_logits
-    chatter._decode = fresh_decode
-    return state
+        def first_ret(lg):
+            if reply.n == 0 and lg is not None:
+                lg = lg.clone()
+                lg[model.specials.ret] = 1e4
+            return choose(lg)
+
+        reply.choose = first_ret
+        return reply
+
+    model.logits = slow_logits
+    chatter._reply = forcing_reply
 
 
 def make_service(root: Path, delay: float = 0.0, **options) -> StickerService:

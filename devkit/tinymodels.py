@@ -28,10 +28,10 @@ def cn_clip_model(info: dict, seed: int = 0):
     return model
 
 
-def tiny_llm(family: str = "gemma", seed: int = 0):
-    """(model, tokenizer): a tiny random causal LM with the cn_clip BERT vocabulary as tokenizer."""
-    """`family`: "gemma" (tied head, scaled embeddings), "llama" (untied head) or "glm" (the
-    ChatGLM line's GlmForCausalLM)."""
+def tiny_llm(family: str = "gemma", seed: int = 0, **config):
+    """(model, tokenizer): a tiny random causal LM with the cn_clip BERT vocabulary as tokenizer.
+    `family`: "gemma" (tied head, scaled embeddings), "llama" (untied head) or "glm" (the ChatGLM
+    line's GlmForCausalLM); `config`: fields of its config to change (e.g. sliding_window)."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, GlmConfig, LlamaConfig
 
     from stickerclip.model import bert_tokenizer
@@ -39,6 +39,7 @@ def tiny_llm(family: str = "gemma", seed: int = 0):
     torch.manual_seed(seed)
     common = dict(vocab_size=21128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=256)
+    common.update(config)
     configs = {"gemma": lambda: Gemma3TextConfig(**common),
                "llama": lambda: LlamaConfig(**common, tie_word_embeddings=False),
                "glm": lambda: GlmConfig(**common, pad_token_id=0, eos_token_id=102)}

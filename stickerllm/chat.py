@@ -4,8 +4,10 @@
     for event in chat.chat_stream("来个开心的表情包", settings=ChatSettings(pret=True)):
         ...  # TextChunk(text) | Retrieval(hits, query) | Done(reply, stickers, reason, tokens)
 
-Decoding is token by token with the LLM's KV cache (the decoders, sampling and the batched greedy
-decoding of evaluation are in `stickerllm.decoding`). When the model emits `<ret>`, its last hidden
+Decoding is token by token with the LLM's KV cache; replies of different conversations decode
+together (continuous batching: `stickerllm.decoding.BatchDecoder`, which also holds the decoders,
+sampling and the batched greedy decoding of evaluation). The policy of a reply (guards, sampling,
+stop checks, `<ret>`) is `Reply`, here. When the model emits `<ret>`, its last hidden
 state there goes through W_t to a query for the sticker index, a Retrieval event is yielded, and
 `</ret>` is forced as the next token. Tokens the model must not emit get -inf. History is a list of
 {"role", "content", "images", "stickers"} dicts (what `Done` describes goes back in as the assistant
@@ -13,6 +15,7 @@ turn); stickers already shown in the conversation are excluded from later retrie
 """
 from __future__ import annotations
 
+import queue
 import threading
 from dataclasses import astuple, dataclass, field, replace
 from typing import Iterator
@@ -22,14 +25,15 @@ import torch
 
 from stickerclip.index import BETA
 
-from .decoding import DynamicDecoder, StaticDecoder, greedy_batch, pick, preamble_cache, with_prefix
+from .decoding import (MAX_BATCH, MAX_WAITING, BatchDecoder, Busy, DynamicDecoder, StaticDecoder, greedy_batch, pick,
+                       preamble_cache, with_prefix)
 from .model import StickerLLM
 from .prompt import Encoded
 from .tokens import END_RET, RET, SPECIAL_TOKENS
 
 # decoding lives in stickerllm.decoding; these names are imported from here too
-__all__ = ["ChatSettings", "Done", "DynamicDecoder", "Guards", "Retrieval", "ScriptTable", "StaticDecoder",
-           "StickerChat", "TextChunk", "chat_stream", "greedy_batch", "preamble_cache", "script_table",
+__all__ = ["Busy", "ChatSettings", "Done", "DynamicDecoder", "Guards", "Retrieval", "ScriptTable", "StaticDecoder",
+           "Reply", "StickerChat", "TextChunk", "chat_stream", "greedy_batch", "preamble_cache", "script_table",
            "with_prefix"]
 
 RET_TEXT = SPECIAL_TOKENS[RET] + SPECIAL_TOKENS[END_RET]
@@ -97,14 +101,20 @@ class Done:
 
 
 class StickerChat:
-    """One StickerLLM and (optionally) a sticker index. Thread-safe: one generation at a time."""
+    """One StickerLLM and (optionally) a sticker index. Replies of different conversations decode
+    together in a `BatchDecoder` (continuous batching: at most `max_batch` at once, `max_waiting`
+    more waiting, then Busy); with a `decoder` given (e.g. a StaticDecoder) one at a time instead.
+    Thread-safe: call `chat_stream` from as many threads as there are conversations."""
 
-    def __init__(self, model: StickerLLM, index=None, decoder: DynamicDecoder | None = None):
-        """`decoder`: None (the LLM's dynamic cache) or a StaticDecoder (static cache, compiled step)."""
+    def __init__(self, model: StickerLLM, index=None, decoder: DynamicDecoder | None = None,
+                 max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING):
+        """`decoder`: None (batched, the LLM's dynamic cache) or a decoder for one reply at a time
+        (a StaticDecoder: static cache, compiled step)."""
         self.model = model.eval()
         self.index = index
         self.decoder = decoder
-        self._lock = threading.Lock()
+        self.batcher = BatchDecoder(self.model, max_batch, max_waiting) if decoder is None else None
+        self._lock = threading.Lock()  # one reply at a time through `decoder`
         if index is not None:
             want = model.config.clip_identity
             have = index.info().get("model")
@@ -159,25 +169,25 @@ class StickerChat:
     def chat_stream(self, message: str, images=(), history=(), settings: ChatSettings | None = None,
                     cancel: threading.Event | None = None) -> Iterator[TextChunk | Retrieval | Done]:
         """Events of one reply to `message` (with uploaded `images`) after `history`. Setting `cancel`
-        (or closing the generator) stops generation before the next token."""
+        (or closing the generator) stops generation before the next token. Busy (from
+        `stickerllm.decoding`) when the batch and its waiting line are full."""
         s = (settings or ChatSettings()).checked()
         enc, feats, shown = self.encode(message, images, history, s)
         exclude = set(shown)
         parts, stickers = [], []
         reason, n = "length", 0
-        with self._lock:
-            for kind, value in self._decode(enc, feats, s, cancel, user=message):
-                if kind == "text":
-                    parts.append(value)
-                    yield TextChunk(value)
-                elif kind == "ret":
-                    hits = self._retrieve(value, s, exclude)
-                    exclude.update(h.id for h in hits)
-                    stickers += [h.id for h in hits]
-                    parts.append(RET_TEXT)
-                    yield Retrieval(hits, value)
-                else:
-                    reason, n = value
+        for kind, value in self._events(enc, feats, s, cancel, user=message):
+            if kind == "text":
+                parts.append(value)
+                yield TextChunk(value)
+            elif kind == "ret":  # retrieval runs here, in the caller's thread: the batch decodes on
+                hits = self._retrieve(value, s, exclude)
+                exclude.update(h.id for h in hits)
+                stickers += [h.id for h in hits]
+                parts.append(RET_TEXT)
+                yield Retrieval(hits, value)
+            elif kind == "end":
+                reason, n = value
         yield Done("".join(parts), stickers, reason, n)
 
     def _retrieve(self, query: np.ndarray, s: ChatSettings, exclude: set) -> list:
@@ -193,87 +203,193 @@ class StickerChat:
         s = replace(settings or ChatSettings(), temperature=0.0).checked()
         enc, feats, _ = self.encode(message, images, (), s)
         text = []
-        with self._lock:
-            steps = self._decode(enc, feats, s, None, force_ret=True, user=message)
-            try:
-                for kind, value in steps:
-                    if kind == "text":
-                        text.append(value)
-                    elif kind in ("ret", "forced"):
-                        return value, kind == "ret", "".join(text)
-            finally:
-                steps.close()
+        steps = self._events(enc, feats, s, None, force_ret=True, user=message)
+        try:
+            for kind, value in steps:
+                if kind == "text":
+                    text.append(value)
+                elif kind in ("ret", "forced"):
+                    return value, kind == "ret", "".join(text)
+        finally:
+            steps.close()
         raise RuntimeError("decoding ended without a query")
 
-    def _prefix(self):
-        """(length, KV cache) of the prompt preamble (length 0 with a static decoder: no reuse)."""
-        return (0, None) if self.decoder is not None else preamble_cache(self.model)
+    def _reply(self, s: ChatSettings, user: str, cancel, force_ret: bool = False) -> "Reply":
+        """The decoding policy of one reply (a hook: the tests' tiny app wraps it)."""
+        return Reply(self.model, s, user, self._stop_ids, self._stop_text, cancel, force_ret)
 
-    @torch.inference_mode()
-    def _decode(self, enc: Encoded, feats, s: ChatSettings, cancel, force_ret: bool = False, user: str = ""):
+    def _events(self, enc: Encoded, feats, s: ChatSettings, cancel, force_ret: bool = False, user: str = ""):
         """Yields ("text", str), ("ret", query) and finally ("end", (reason, tokens)); with
         `force_ret`, a reply that ends without `<ret>` gets one appended: ("forced", query). `user`:
         the user's message, for the guards (its script, its tokens' repetition penalty)."""
+        reply = self._reply(s, user, cancel, force_ret)
+        if self.batcher is None:
+            with self._lock:
+                yield from self._alone(reply, enc, feats)
+            return
+        self.batcher.submit(reply, enc, feats)
+        try:
+            while True:
+                kind, value = reply.events.get()
+                if kind == "error":
+                    raise value
+                if kind != "end" and cancel is not None and cancel.is_set():
+                    # the batch may have decoded a little past the cancel: nothing after it is shown
+                    yield "end", ("cancelled", reply.n)
+                    return
+                yield kind, value
+                if kind == "end":
+                    return
+        finally:
+            reply.abandoned = True  # closed early: the batch drops it at its next step
+
+    def _prefix(self):
+        """(length, KV cache) of the prompt preamble (length 0 with a static decoder: no reuse)."""
+        return (0, None) if isinstance(self.decoder, StaticDecoder) else preamble_cache(self.model)
+
+    @torch.inference_mode()
+    def _alone(self, reply: "Reply", enc: Encoded, feats):
+        """Decode one reply with `self.decoder`, yielding its events."""
         m = self.model
         dev = m.device
         img = m.image_embeddings(feats.to(dev)) if feats is not None and len(feats) else None
         t = lambda xs: torch.tensor([xs], dtype=torch.long, device=dev)  # noqa: E731
         n, cache = self._prefix()
-        decoder = self.decoder or DynamicDecoder(m, (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids
-                                                 else None)
+        decoder = self.decoder
+        if not isinstance(decoder, StaticDecoder):
+            decoder = DynamicDecoder(m, (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids else None)
         h = decoder.start(m.embed(t(enc.ids), t(enc.special), t(enc.slot), img))
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
-        feed = decoder.step
-        guard = Guards(m, s, user, self._stop_text)
+        while True:
+            if decoder.full(2):  # a static cache is full: the reply ends as if at max_new_tokens
+                feed = reply.end("length")
+            else:
+                feed = reply.choose(m.logits(h)[0].float() if reply.needs_logits else None)
+            yield from reply.drain()
+            if feed is None:
+                return
+            tok, special, wanted = feed
+            out = decoder.step(tok, special, query=wanted)
+            if wanted:
+                reply.queried(out[0])
+                yield from reply.drain()
+            else:
+                h = out
 
-        seg, said, n, reason = [], "", 0, "length"
-        stop = sorted(self._stop_ids)
-        while n < s.max_new_tokens:
-            if cancel is not None and cancel.is_set():
-                reason = "cancelled"
-                break
-            if decoder.full(2):
-                break  # a static cache is full: the reply ends as if at max_new_tokens
-            logits = guard(m.logits(h)[0].float(), said)
-            if n < s.min_new_tokens and stop:
-                logits[stop] = float("-inf")
-            tok = pick(logits, s.temperature, s.top_p, gen)
-            n += 1
-            if tok in self._stop_ids:
-                reason = "stop"
-                break
-            guard.add(tok)
-            if tok == m.specials.ret:
-                text = m.tokenizer.decode(seg, skip_special_tokens=True) if seg else ""
-                if len(text) > len(said):
-                    yield "text", text[len(said):]
-                seg, said = [], ""
-                yield "ret", m.query(feed(tok, RET, query=True))[0].cpu().numpy()
-                h = feed(m.specials.end_ret, END_RET)  # forced
-                continue
-            seg.append(tok)
-            h = feed(tok)
-            text = m.tokenizer.decode(seg, skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                continue  # an incomplete multi-byte character: wait for the rest
-            if self._stop_text and n >= s.min_new_tokens and self._stop_text in text:
-                cut = text[:text.index(self._stop_text)]
-                if len(cut) > len(said):
-                    yield "text", cut[len(said):]
-                seg, said, reason = [], "", "stop"
-                break
-            keep = _held_back(text, self._stop_text)
-            if len(text) - keep > len(said):
-                yield "text", text[len(said):len(text) - keep]
-                said = text[:len(text) - keep]
-        text = m.tokenizer.decode(seg, skip_special_tokens=True) if seg else ""
-        rest = text[len(said):].rstrip("\ufffd")
+
+class Reply:
+    """One reply's decoding policy, token by token: the guards, sampling with its own seed, stop
+    checks, the text shown so far, `<ret>` and the `</ret>` forced after it. A decoder calls `choose`
+    with the logits after the last token it fed and feeds what comes back (None: the reply has
+    ended), and `queried` with the query-layer state of a token fed with its state wanted. Events go
+    to `events`: ("text", str), ("ret", query), ("forced", query), ("end", (reason, tokens)) or
+    ("error", exc). StickerChat decodes one alone or in a BatchDecoder beside other conversations."""
+
+    def __init__(self, model: StickerLLM, s: ChatSettings, user: str, stop_ids: set, stop_text: str | None,
+                 cancel: threading.Event | None = None, force_ret: bool = False):
+        self.m, self.s = model, s
+        self.cancel = cancel
+        self.force_ret = force_ret  # a reply that ends without <ret> gets one appended
+        self.stop_ids, self.stop_text = stop_ids, stop_text
+        self._stop = sorted(stop_ids)
+        self.guard = Guards(model, s, user, stop_text)
+        self.gen = torch.Generator(device="cpu")
+        self.gen.manual_seed(s.seed if s.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item()))
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.n = 0  # tokens chosen
+        self.seg: list[int] = []  # tokens since the last <ret>
+        self.said = ""  # the part of their text already sent
+        self.forced = None  # fed next without choosing (</ret> after <ret>)
+        self.asked = None  # what a wanted query-layer state becomes: "ret" or "forced"
+        self.ending = None  # why a force_ret reply ended, before its appended <ret>
+        self.done = False
+        self.abandoned = False  # nobody reads the events any more
+
+    @property
+    def needs_logits(self) -> bool:
+        return not self.done and self.forced is None and self.ending is None
+
+    def drain(self):
+        """The events so far (for a decoder in the reader's thread)."""
+        while True:
+            try:
+                yield self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def choose(self, logits: torch.Tensor | None):
+        """(V,) logits after the last token fed -> (token, special index, query state wanted) to
+        feed next, or None when the reply has ended."""
+        if self.done:
+            return None
+        if self.forced is not None:
+            feed, self.forced = self.forced, None
+            return feed
+        if self.abandoned or (self.cancel is not None and self.cancel.is_set()):
+            return self.end("cancelled")
+        s, m = self.s, self.m
+        if self.n >= s.max_new_tokens:
+            return self.end("length")
+        logits = self.guard(logits, self.said)
+        if self.n < s.min_new_tokens and self._stop:
+            logits[self._stop] = float("-inf")
+        tok = pick(logits, s.temperature, s.top_p, self.gen)
+        self.n += 1
+        if tok in self.stop_ids:
+            return self.end("stop")
+        self.guard.add(tok)
+        if tok == m.specials.ret:
+            self._flush()
+            self.forced, self.asked = (m.specials.end_ret, END_RET, False), "ret"
+            return tok, RET, True
+        self.seg.append(tok)
+        text = m.tokenizer.decode(self.seg, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return tok, -1, False  # an incomplete multi-byte character: wait for the rest
+        stop = self.stop_text
+        if stop and self.n >= s.min_new_tokens and stop in text:
+            cut = text[:text.index(stop)]
+            if len(cut) > len(self.said):
+                self.events.put(("text", cut[len(self.said):]))
+            self.seg, self.said = [], ""
+            return self.end("stop")
+        keep = _held_back(text, stop)
+        if len(text) - keep > len(self.said):
+            self.events.put(("text", text[len(self.said):len(text) - keep]))
+            self.said = text[:len(text) - keep]
+        return tok, -1, False
+
+    def _flush(self) -> None:
+        """Send the text not sent yet (a piece held back in case it began the stop text)."""
+        text = self.m.tokenizer.decode(self.seg, skip_special_tokens=True) if self.seg else ""
+        rest = text[len(self.said):].rstrip("\ufffd")
         if rest:
-            yield "text", rest
-        if force_ret:
-            yield "forced", m.query(feed(m.specials.ret, RET, query=True))[0].cpu().numpy()
-        yield "end", (reason, n)
+            self.events.put(("text", rest))
+        self.seg, self.said = [], ""
+
+    def end(self, reason: str):
+        """End the reply for `reason`: None, or with force_ret the `<ret>` to feed first."""
+        self._flush()
+        if self.force_ret:
+            self.ending, self.asked = reason, "forced"
+            return self.m.specials.ret, RET, True
+        self._finish(reason)
+        return None
+
+    def _finish(self, reason: str) -> None:
+        self.events.put(("end", (reason, self.n)))
+        self.done = True
+
+    def queried(self, state: torch.Tensor) -> None:
+        """The (H,) query-layer state of the token fed with its state wanted -> a query event."""
+        kind, self.asked = self.asked, None
+        self.events.put((kind, self.m.query(state.reshape(1, -1))[0].cpu().numpy()))
+        if kind == "forced":
+            self._finish(self.ending)
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.done:
+            self.done = True
+            self.events.put(("error", exc))
 
 
 class Guards:

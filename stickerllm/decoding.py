@@ -7,15 +7,24 @@ preamble's cached prefix, and batched greedy decoding for evaluation.
 - `pick`: greedy at temperature 0, else nucleus sampling;
 - `preamble_cache` / `with_prefix`: the few-shot preamble run once per adapter state, shared by the
   prompts that start with it;
+- `BatchDecoder`: continuous batching: replies of different conversations decode together in one
+  batch; a reply joins once its prompt is prefilled and leaves when it ends (what the chat server
+  decodes with);
 - `greedy_batch`: greedy replies to several prompts at once (left-padded, one KV cache), up to the
   first `<ret>`, with the chat's guards on request (`train.eval_stickerllm`, `train.refit_decision`).
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import copy
-from typing import TYPE_CHECKING
+import threading
+from dataclasses import dataclass
+import weakref
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+import torch.nn.functional as F
 
 from .model import StickerLLM
 from .prompt import Encoded
@@ -126,18 +135,244 @@ class StaticDecoder(DynamicDecoder):
         return self.pos + room > self.max_len
 
 
+MAX_BATCH = 16  # replies a BatchDecoder decodes together (the chat server's default)
+MAX_WAITING = 64  # replies waiting for a place in the batch; more are turned away (Busy)
+
+
+class Busy(RuntimeError):
+    """The chat decoder's batch and its waiting line are full: try again in a moment."""
+
+
+class Row(Protocol):
+    """One reply as BatchDecoder drives it (`stickerllm.chat.Reply` is the one implementation: the
+    chat's decoding policy). Called from the decoder's thread."""
+
+    needs_logits: bool  # whether the next `choose` reads logits (not for a forced token)
+    abandoned: bool  # nobody reads this reply any more: it is dropped before its prefill
+
+    def choose(self, logits: torch.Tensor | None) -> tuple[int, int, bool] | None:
+        """(V,) logits after the last token fed -> the next (token, special index or -1, whether its
+        query-layer state is wanted), or None: the reply has ended."""
+
+    def queried(self, state: torch.Tensor) -> None:
+        """The (H,) query-layer state of the token fed with its state wanted."""
+
+    def failed(self, exc: BaseException) -> None:
+        """Decoding this reply failed with `exc`."""
+
+
+@dataclass
+class Rows:
+    """The KV cache of replies decoding together. Columns are shared and every row's tokens end at
+    the last column: a row with a shorter history is padded on the left (mask 0), so each row's
+    tokens are contiguous and a sliding-window layer's last `window - 1` columns are each row's last
+    tokens. Positions are each row's own."""
+
+    cache: object  # the LLM's DynamicCache, (B, heads, columns, d) per layer
+    mask: torch.Tensor  # (B, L) 1 where a row has a token
+    pos: torch.Tensor  # (B,) each row's next position
+    h: torch.Tensor  # (B, H) final hidden state of each row's last token
+
+    @staticmethod
+    def merge(parts: list["Rows"]) -> "Rows":
+        """One batch of the rows of `parts` (left-padded to the longest)."""
+        if len(parts) == 1:
+            return parts[0]
+        L = max(p.mask.shape[1] for p in parts)
+        cache = parts[0].cache
+        for i, layer in enumerate(cache.layers):
+            held = [p.cache.layers[i] for p in parts]
+            if any(getattr(x, "keys", None) is None for x in held):
+                continue  # a layer that stores nothing (KV shared with another)
+            S = max(x.keys.shape[-2] for x in held)  # a sliding layer keeps min(L, window - 1)
+            layer.keys = torch.cat([F.pad(x.keys, (0, 0, S - x.keys.shape[-2], 0)) for x in held])
+            layer.values = torch.cat([F.pad(x.values, (0, 0, S - x.values.shape[-2], 0)) for x in held])
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length = max(x.cumulative_length for x in held)
+        mask = torch.cat([F.pad(p.mask, (L - p.mask.shape[1], 0)) for p in parts])
+        return Rows(cache, mask, torch.cat([p.pos for p in parts]), torch.cat([p.h for p in parts]))
+
+    def select(self, keep: list[int]) -> "Rows":
+        """The rows `keep` only, without the columns that no kept row uses."""
+        idx = torch.tensor(keep, device=self.mask.device)
+        mask = self.mask[idx]
+        used = mask.sum(0) > 0
+        cut = int(used.int().argmax()) if bool(used.any()) else mask.shape[1]
+        mask = mask[:, cut:]
+        for layer in self.cache.layers:
+            if getattr(layer, "keys", None) is None:
+                continue
+            S = layer.keys.shape[-2]
+            start = S - min(S, mask.shape[1])
+            layer.keys = layer.keys[idx, :, start:]
+            layer.values = layer.values[idx, :, start:]
+            if hasattr(layer, "cumulative_length"):
+                layer.cumulative_length -= cut
+        return Rows(self.cache, mask, self.pos[idx], self.h[idx])
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # decoder threads, let finish their step at exit
+
+
+@atexit.register
+def _finish_steps() -> None:
+    """At interpreter exit, give decoder threads a moment to end their forward step (a daemon thread
+    killed inside a torch kernel aborts the process: "terminate called without an active exception")."""
+    for t in list(_LIVE):
+        t.join(timeout=2.0)
+
+
+class BatchDecoder:
+    """Continuous batching: replies of different conversations decode together, one token each per
+    step of one batched forward. A reply joins when its prompt is prefilled (alone, reusing the
+    preamble's KV cache) and leaves when it ends or is cancelled; each keeps its own policy, sampling
+    settings and seed (its `Row`). One thread decodes while there is work and ends when there is
+    none; `submit` starts it again. At most `max_batch` rows decode at once and `max_waiting` wait;
+    beyond that `submit` raises Busy."""
+
+    def __init__(self, model: StickerLLM, max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING):
+        if max_batch < 1 or max_waiting < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_waiting >= 0, got {max_batch} and {max_waiting}")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        self.steps = 0  # batched forward steps run
+        self.row_steps = 0  # rows fed over those steps (row_steps / steps: the mean batch)
+        self._cond = threading.Condition()
+        self._waiting: collections.deque = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, row: Row, enc: Encoded, feats: torch.Tensor | None = None) -> None:
+        """Queue a reply to the prompt `enc` (its image features `feats`, (n, d) or None)."""
+        with self._cond:
+            if len(self._waiting) >= self.max_waiting:
+                raise Busy(f"the chat is busy ({self.max_batch} replies decoding, {len(self._waiting)} "
+                           "waiting): try again in a moment")
+            self._waiting.append((row, enc, feats))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stickerllm-batch", daemon=True)
+                self._thread.start()
+                _LIVE.add(self._thread)
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    @torch.inference_mode()
+    def _run(self) -> None:
+        batch, rows = None, []
+        while True:
+            with self._cond:
+                if not rows and not self._waiting:
+                    self._thread = None  # a later submit starts a new thread
+                    return
+                joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch - len(rows)))]
+            try:
+                batch, rows = self._admit(batch, rows, joining)
+                if rows:
+                    batch, rows = self._step(batch, rows)
+            except BaseException as exc:  # a batched forward failed: every reply in it gets the error
+                for r in {id(r): r for r in [*rows, *(j[0] for j in joining)]}.values():
+                    r.failed(exc)
+                batch, rows = None, []
+
+    def _admit(self, batch: Rows | None, rows: list, joining: list) -> tuple[Rows | None, list]:
+        parts = [batch] if batch is not None else []
+        rows = list(rows)
+        for row, enc, feats in joining:
+            if row.abandoned:
+                continue
+            try:
+                parts.append(self._prefill(enc, feats))
+            except Exception as exc:  # this prompt's fault (e.g. its images): the others go on
+                row.failed(exc)
+                continue
+            rows.append(row)
+        return (Rows.merge(parts) if parts else None), rows
+
+    def _prefill(self, enc: Encoded, feats) -> Rows:
+        m = self.model
+        dev = m.device
+        img = m.image_embeddings(feats.to(dev)) if feats is not None and len(feats) else None
+        t = lambda xs: torch.tensor([xs], dtype=torch.long, device=dev)  # noqa: E731
+        n, cache = preamble_cache(m)
+        prefix = (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids else None
+        dec = DynamicDecoder(m, prefix)
+        h = dec.start(m.embed(t(enc.ids), t(enc.special), t(enc.slot), img))
+        return Rows(dec.cache, torch.ones((1, len(enc)), dtype=torch.long, device=dev),
+                    torch.tensor([len(enc)], device=dev), h)
+
+    def _step(self, batch: Rows, rows: list) -> tuple[Rows | None, list]:
+        m = self.model
+        need = [i for i, r in enumerate(rows) if r.needs_logits]
+        logits = m.logits(batch.h[need]).float() if need else None  # (len(need), V)
+        at = {i: k for k, i in enumerate(need)}
+        feeds = []
+        for i, r in enumerate(rows):
+            try:
+                feeds.append(r.choose(logits[at[i]] if i in at else None))
+            except Exception as exc:
+                r.failed(exc)
+                feeds.append(None)
+        keep = [i for i, f in enumerate(feeds) if f is not None]
+        if not keep:
+            return None, []
+        if len(keep) < len(rows):
+            batch, rows, feeds = batch.select(keep), [rows[i] for i in keep], [feeds[i] for i in keep]
+        dev = m.device
+        ids = torch.tensor([[f[0]] for f in feeds], device=dev)
+        special = torch.tensor([[f[1]] for f in feeds], device=dev)
+        wanted = [i for i, f in enumerate(feeds) if f[2]]
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(rows), 1)], 1)
+        out = m.hidden(m.embed_tokens(ids, special), attention_mask=mask, position_ids=batch.pos[:, None],
+                       past_key_values=batch.cache, use_cache=True, query=bool(wanted))
+        self.steps += 1
+        self.row_steps += len(rows)
+        if wanted:
+            hq = m.query_states(out)[:, -1]
+            for i in wanted:
+                rows[i].queried(hq[i])
+        return Rows(out.past_key_values, mask, batch.pos + 1, out.last_hidden_state[:, -1]), rows
+
+
+NUCLEUS_CANDIDATES = 256  # most likely tokens looked at first for the nucleus (more when it is wider)
+
+
 def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
-    """Greedy at temperature 0, else nucleus sampling. Banned tokens are -inf and never drawn."""
+    """Greedy at temperature 0, else nucleus sampling: a draw from the smallest set of most likely
+    tokens whose probability reaches `top_p`, renormalised. Banned tokens are -inf and never drawn.
+    The nucleus is found among the top NUCLEUS_CANDIDATES tokens (widened until it fits), not by
+    sorting the whole vocabulary: on a 262k vocabulary that sort and a multinomial over it cost
+    ~100 ms a token on a CPU."""
     if temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, -1)
-    if top_p < 1.0:
-        sp, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sp, 0) - sp < top_p
-        keep[0] = True
-        sp = torch.where(keep, sp, torch.zeros_like(sp))
-        return int(order[torch.multinomial(sp.cpu(), 1, generator=gen)])
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p >= 1.0:
+        return _draw(probs, gen)
+    p, order = nucleus(probs, top_p)
+    return int(order[_draw(p, gen)])
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V,) probabilities -> ((k,) probabilities, (k,) token ids), most likely first, zero past the
+    nucleus: the tokens before which less than `top_p` is covered (the first always)."""
+    V = probs.shape[-1]
+    k = min(NUCLEUS_CANDIDATES, V)
+    while True:
+        p, order = torch.topk(probs, k)
+        if k == V or float(p.sum()) >= top_p:
+            break
+        k = min(k * 8, V)
+    keep = torch.cumsum(p, 0) - p < top_p
+    keep[0] = True
+    return torch.where(keep, p, torch.zeros_like(p)), order
+
+
+def _draw(p: torch.Tensor, gen: torch.Generator) -> int:
+    """An index drawn with probability proportional to the (n,) non-negative `p`, from `gen`."""
+    c = torch.cumsum(p.double(), 0)
+    u = float(torch.rand((), generator=gen, dtype=torch.float64)) * float(c[-1])
+    return min(int(torch.searchsorted(c, c.new_tensor([u]), right=True)), p.shape[0] - 1)
 
 
 @torch.inference_mode()

@@ -1,0 +1,220 @@
+"""Continuous batching of chat replies (stickerllm.decoding.BatchDecoder driven by StickerChat):
+replies decoded together equal the same replies decoded one at a time, whatever joins or leaves."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from devkit.appworld import force_retrieval, make_gallery
+from devkit.tinymodels import tiny_llm
+from stickerclip.index import StickerIndex
+from stickerclip.model import StickerCLIP, named_config
+from stickerllm.chat import Busy, ChatSettings, Done, Retrieval, StickerChat, TextChunk
+from stickerllm.decoding import BatchDecoder, DynamicDecoder, Rows, nucleus, pick
+from stickerllm.model import StickerLLM, StickerLLMConfig
+
+MESSAGES = ["你好", "来个开心的表情包吧我今天很高兴", "hello there", "晚安", "今天好累啊，不想上班", "猫"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    # a sliding window far shorter than the prompts (the preamble alone is ~300 tokens): the batch's
+    # shared columns must keep each row's own last tokens in the sliding layers
+    llm, tok = tiny_llm("gemma", sliding_window=8, layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    clip = StickerCLIP(named_config("tiny")).eval()
+    return StickerLLM(llm, tok, StickerLLMConfig(llm="tiny-gemma", clip="tiny"), clip=clip).eval()
+
+
+def settings(i: int, **kw) -> ChatSettings:
+    """Reply i: greedy or sampled (its own seed), each a different length, so rows leave at different
+    steps and the others go on."""
+    return ChatSettings(temperature=0.0 if i % 2 == 0 else 0.8, seed=i, max_new_tokens=4 + 3 * i,
+                        min_new_tokens=4 + 3 * i, **kw)
+
+
+def reply(chat, i: int, out: dict, started: threading.Event | None = None, history=(), **kw) -> None:
+    events = []
+    for ev in chat.chat_stream(MESSAGES[i], history=history, settings=settings(i, **kw)):
+        events.append(ev)
+        if started is not None:
+            started.set()
+    out[i] = events
+
+
+def summary(events) -> tuple:
+    done = events[-1]
+    assert isinstance(done, Done)
+    return (done.reply, done.tokens, done.reason, done.stickers,
+            "".join(e.text for e in events if isinstance(e, TextChunk)))
+
+
+def one_at_a_time(model, index=None, **kw) -> dict:
+    alone = StickerChat(model, index, decoder=DynamicDecoder(model))
+    if index is not None:
+        force_retrieval(alone)
+    ref = {}
+    for i in range(len(MESSAGES)):
+        reply(alone, i, ref, **kw)
+    return ref
+
+
+def together(chat, **kw) -> dict:
+    got = {}
+    threads = [threading.Thread(target=reply, args=(chat, i, got), kwargs=kw) for i in range(len(MESSAGES))]
+    for t in threads[:3]:
+        t.start()
+    for t in threads[:3]:
+        t.join(timeout=0.05)  # the rest join a batch already decoding
+    for t in threads[3:]:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
+def test_replies_decoded_together_equal_one_at_a_time(model):
+    ref = one_at_a_time(model)
+    chat = StickerChat(model)
+    got = together(chat)
+    for i in range(len(MESSAGES)):
+        assert summary(got[i]) == summary(ref[i]), MESSAGES[i]
+        assert got[i][-1].tokens == 4 + 3 * i
+    assert chat.batcher.row_steps / chat.batcher.steps > 1.5  # they really were decoded together
+
+
+def test_a_long_history_in_the_batch(model):
+    history = [{"role": "user", "content": "第一句话" * 5}, {"role": "assistant", "content": "好的" * 6}]
+    ref = one_at_a_time(model, history=history)
+    got = together(StickerChat(model), history=history)
+    assert all(summary(got[i]) == summary(ref[i]) for i in range(len(MESSAGES)))
+
+
+def test_each_row_retrieves_for_itself(model, tmp_path):
+    folder = make_gallery(tmp_path / "gallery")
+    index = StickerIndex.open(tmp_path / "index", model.clip, ocr=False)
+    index.add_folder(folder / "images", progress=False, ocr=False)
+    assert len(index) >= 8
+    ref = one_at_a_time(model, index)
+    chat = StickerChat(model, index)
+    force_retrieval(chat)
+    got = together(chat)
+    for i in range(len(MESSAGES)):
+        assert summary(got[i]) == summary(ref[i])
+        rets = [e for e in got[i] if isinstance(e, Retrieval)]
+        assert len(rets) == 1 and len(rets[0].hits) == 8  # <ret> first, one gallery, top_k hits
+        assert got[i][-1].reply.startswith("<ret></ret>")
+        np.testing.assert_allclose(rets[0].query, [e for e in ref[i] if isinstance(e, Retrieval)][0].query,
+                                   atol=1e-5)
+
+
+def test_a_cancelled_reply_leaves_and_the_others_finish(model):
+    ref = one_at_a_time(model)
+    chat = StickerChat(model)
+    cancel = threading.Event()
+    cancelled = []
+
+    def stopped():
+        for ev in chat.chat_stream("说个很长的故事", settings=ChatSettings(max_new_tokens=400, min_new_tokens=400),
+                                   cancel=cancel):
+            cancelled.append(ev)
+            if len(cancelled) == 3:
+                cancel.set()
+
+    t = threading.Thread(target=stopped)
+    t.start()
+    got = together(chat)
+    t.join()
+    assert cancelled[-1].reason == "cancelled" and cancelled[-1].tokens < 400
+    assert all(summary(got[i]) == summary(ref[i]) for i in range(len(MESSAGES)))
+
+
+def test_a_closed_stream_frees_its_row(model):
+    chat = StickerChat(model)
+    stream = chat.chat_stream("你好", settings=ChatSettings(max_new_tokens=500, min_new_tokens=500))
+    next(stream)
+    stream.close()  # the reader went away (a closed page)
+    out = {}
+    reply(chat, 0, out)  # the next reply is served, and the decoder's thread ends once idle
+    assert out[0][-1].tokens == 4
+    chat.batcher._thread and chat.batcher._thread.join(5)
+    assert chat.batcher._thread is None and chat.batcher.waiting() == 0
+
+
+def test_busy_beyond_the_batch_and_the_waiting_line(model):
+    chat = StickerChat(model, max_batch=1, max_waiting=1)
+    first = threading.Event()
+    go = threading.Event()
+    events = []
+
+    def slow():
+        for ev in chat.chat_stream("你好", settings=ChatSettings(max_new_tokens=200, min_new_tokens=200)):
+            events.append(ev)
+            first.set()
+            go.wait(10)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    assert first.wait(10)  # decoding: the batch (of one) is full
+    waiting = chat.chat_stream("晚安", settings=ChatSettings(max_new_tokens=2, min_new_tokens=2))
+    second = threading.Thread(target=lambda: events.append(list(waiting)))
+    second.start()
+    while chat.batcher.waiting() == 0:  # the second one waits for the place
+        pass
+    with pytest.raises(Busy, match="busy"):
+        list(chat.chat_stream("猫", settings=ChatSettings(max_new_tokens=2)))
+    go.set()
+    t.join()
+    second.join()
+    assert events[-1][-1].tokens == 2  # the waiting one got its turn
+
+
+def test_a_prompt_that_fails_fails_alone(model):
+    chat = StickerChat(model)
+    bad = chat._reply(ChatSettings().checked(), "x", None)
+    enc, _, _ = chat.encode("你好")
+    out = {}
+    t = threading.Thread(target=reply, args=(chat, 1, out))
+    t.start()
+    chat.batcher.submit(bad, enc, torch.zeros(1, 3))  # image features of the wrong size
+    kind, exc = bad.events.get(timeout=30)
+    t.join()
+    assert kind == "error" and isinstance(exc, RuntimeError)
+    assert out[1][-1].tokens == 7 and out[1][-1].reason == "length"
+
+
+def test_rows_merge_and_select_keep_each_rows_columns():
+    from transformers import DynamicCache
+
+    def rows(length: int, value: float) -> Rows:
+        cache = DynamicCache()
+        cache.update(torch.full((1, 1, length, 2), value), torch.full((1, 1, length, 2), -value), 0)
+        return Rows(cache, torch.ones(1, length, dtype=torch.long), torch.tensor([length]), torch.zeros(1, 4))
+
+    both = Rows.merge([rows(2, 1.0), rows(5, 2.0)])
+    assert both.mask.tolist() == [[0, 0, 0, 1, 1], [1, 1, 1, 1, 1]]
+    assert both.cache.layers[0].keys[0, 0, :, 0].tolist() == [0, 0, 0, 1, 1]  # left-padded
+    assert both.pos.tolist() == [2, 5]
+    short = both.select([0])  # the long row left: its columns go
+    assert short.mask.tolist() == [[1, 1]] and short.cache.layers[0].keys.shape[2] == 2
+    assert short.cache.layers[0].values[0, 0, :, 0].tolist() == [-1.0, -1.0]
+
+
+def test_nucleus_is_the_smallest_set_reaching_top_p():
+    g = torch.Generator().manual_seed(0)
+    for scale in (0.1, 1.0, 8.0):  # flat (the nucleus needs thousands of tokens) to peaked
+        probs = torch.softmax(torch.randn(5000, generator=g) * scale, -1)
+        p, order = nucleus(probs, 0.9)
+        sp, so = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sp, 0) - sp < 0.9
+        assert set(order[p > 0].tolist()) == set(so[keep].tolist())
+    logits = torch.full((1000,), float("-inf"))
+    logits[[3, 7]] = torch.tensor([0.0, 1.0])
+    drawn = {pick(logits, 1.0, 1.0, g) for _ in range(200)} | {pick(logits, 1.0, 0.99, g) for _ in range(200)}
+    assert drawn == {3, 7}  # banned tokens never drawn, both allowed ones are
+
+
+def test_bad_batch_limits_are_refused(model):
+    with pytest.raises(ValueError, match="max_batch"):
+        BatchDecoder(model, max_batch=0)
