@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--allow-folders", action="store_true",
                     help="let the UI index folders of this machine by path even when not on loopback")
     ap.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond this are turned away")
+    ap.add_argument("--chat-batch", type=int, default=int(_env("chat_batch", 0)),
+                    help="chat replies decoded together (default: the service's; 1: one at a time)")
     return ap.parse_args(argv)
 
 
@@ -176,13 +178,15 @@ def build(service, local_folders: bool = True):
             yield from webui.reply(s, sess, webui.settings_from(*cfg))
 
         # Sending only queues the message (at once, so the box is free to type the next one, also
-        # while a reply streams); each send then gets its reply, in order, one model call at a time.
+        # while a reply streams); each send then gets its reply, in order within a session. Replies of
+        # different sessions are decoded together, up to the service's chat batch (the rest queue).
         # The session is changed in place: the reply does not write it back (a new chat may replace it).
         settings = [pret, top_k, beta, temperature, top_p, max_tokens, safe]
+        chat_slots = max(1, s.options.chat_batch)
         box.submit(webui.send, [box, session], [chatbot, box], queue=False, trigger_mode="multiple",
                    api_visibility="private").success(
             gpu(reply_fn), [session, *settings], [chatbot, side, side_views], api_visibility="private",
-            concurrency_id="model", concurrency_limit=1, trigger_mode="multiple")
+            concurrency_id="model", concurrency_limit=chat_slots, trigger_mode="multiple")
         stop_btn.click(webui.stop, [session], None, queue=False, api_visibility="private")
         undo_btn.click(webui.undo, [session], [chatbot, session], queue=False, api_visibility="private")
         new_btn.click(webui.new_chat, [session], [chatbot, session, side, side_views], queue=False,
@@ -230,7 +234,8 @@ def build(service, local_folders: bool = True):
             yield from webui.api_chat(s, message, files, cfg, sess)
 
         api_btn.click(gpu(api_chat_fn), [api_message, api_files, api_settings, api_session],
-                      [api_out, api_gallery, api_session], api_name="chat", concurrency_id="model")
+                      [api_out, api_gallery, api_session], api_name="chat", concurrency_id="model",
+                      concurrency_limit=chat_slots)
 
         def tick():
             return s.status(), webui.library_info(s), gr.Timer(active=not s.settled())
@@ -273,7 +278,8 @@ def main(argv=None) -> None:
     local = (_loopback(args.host) and not args.share) or args.allow_folders
     opts = ServiceOptions(clip=args.clip, llm=args.llm, adapter=args.adapter, library=args.index,
                           device=args.device, folders=tuple(args.folder), chat=not args.no_chat,
-                          local_folders=local, ocr=not args.no_ocr)
+                          local_folders=local, ocr=not args.no_ocr,
+                          chat_batch=args.chat_batch or ServiceOptions.chat_batch)
     if args.gallery:
         opts.gallery = None if args.gallery.lower() == "none" else args.gallery
     service = StickerService(opts).start()

@@ -18,7 +18,7 @@ from stickerclip import labels
 from stickerclip.index import BETA
 from stickerclip.images import StickerImageError, load_sticker
 
-from stickerllm.chat import ChatSettings
+from stickerllm.chat import Busy, ChatSettings
 from stickerllm.prompt import valid_text
 from stickerllm.service import SEARCH_TOP_K, ChatSession, Exchange, NotReady, Said, Shown, StickerService, \
     StillLoading
@@ -252,7 +252,14 @@ def send(value: dict | str | None, session: ChatSession):
 
 def reply(service: StickerService, session: ChatSession, settings: ChatSettings):
     """Answer the oldest message of the session's outbox, streaming: yields (chatbot messages, side
-    gallery items, side views). The chatbot shows the history, this exchange and what still waits."""
+    gallery items, side views). The chatbot shows the history, this exchange and what still waits.
+    Replies of other sessions are made at the same time; one session's come one at a time, in the
+    order sent (a second reply of the session waits here for the first)."""
+    with session.answering:
+        yield from _answer(service, session, settings)
+
+
+def _answer(service: StickerService, session: ChatSession, settings: ChatSettings):
     if not session.outbox:
         return
     live = session.outbox.popleft()
@@ -275,7 +282,7 @@ def reply(service: StickerService, session: ChatSession, settings: ChatSettings)
             if update.done:
                 session.live = None
             yield render(session), gallery_items(views), views
-    except (ValueError, TypeError, NotReady, StickerImageError, OSError) as exc:
+    except (ValueError, TypeError, NotReady, Busy, StickerImageError, OSError) as exc:
         raise _error(exc) from exc
     finally:
         session.live = None
@@ -307,16 +314,19 @@ def new_chat(session: ChatSession | None = None):
 
 
 def api_chat(service: StickerService, message: str, files, settings, session: ChatSession):
-    """/chat for API clients: yields ({"text", "stickers", "done", "reason"}, gallery items, session)."""
+    """/chat for API clients: yields ({"text", "stickers", "done", "reason", "seconds", "turns",
+    "tokens"}, gallery items, session). A session's replies come one at a time, in order."""
     s = settings_from_json(settings)
     files = [getattr(f, "name", None) or (f.get("path") if isinstance(f, dict) else f) for f in (files or [])]
     if session is None:
         session = ChatSession()
     t0 = time.time()
     try:
-        for update in service.chat(session, message or "", files, s):
-            out = {"text": update.text, "stickers": public_views(update.stickers, CHAT_FIELDS), "done": update.done, "reason": update.reason,
-                   "seconds": round(time.time() - t0, 3), "turns": len(session.history)}
-            yield out, gallery_items(update.stickers), session
-    except (ValueError, TypeError, NotReady, StickerImageError, OSError) as exc:
+        with session.answering:
+            for update in service.chat(session, message or "", files, s):
+                out = {"text": update.text, "stickers": public_views(update.stickers, CHAT_FIELDS), "done": update.done,
+                       "reason": update.reason, "seconds": round(time.time() - t0, 3), "turns": len(session.history),
+                       "tokens": update.tokens}
+                yield out, gallery_items(update.stickers), session
+    except (ValueError, TypeError, NotReady, Busy, StickerImageError, OSError) as exc:
         raise _error(exc) from exc

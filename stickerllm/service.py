@@ -32,6 +32,7 @@ from stickerclip.gallery import GALLERY
 from stickerclip.index import BETA
 
 from .chat import ChatSettings, Done, Retrieval, TextChunk
+from .decoding import MAX_BATCH
 from .prompt import valid_text
 
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "assets" / "stickerllm"
@@ -73,6 +74,7 @@ class ServiceOptions:
     chat: bool = True  # load the LLM (False: search and library only)
     local_folders: bool = True  # requests may index folders of the server by path (local runs only)
     ocr: bool = True  # read captions of the person's stickers with RapidOCR while indexing
+    chat_batch: int = MAX_BATCH  # chat replies decoded together (continuous batching; 1: one at a time)
     max_upload_files: int = 5000  # files per upload (zip members included)
     max_upload_bytes: int = 1 << 30  # bytes per upload, zip members uncompressed
 
@@ -101,6 +103,7 @@ class ChatUpdate:
     parts: list[Part]
     done: bool = False
     reason: str = ""  # when done: "stop", "length" or "cancelled"
+    tokens: int = 0  # when done: tokens generated
 
     @property
     def text(self) -> str:
@@ -161,6 +164,7 @@ class ChatSession:
         self.drop_live = False  # undone while answered: the exchange is not kept
         self.closed = False  # left for a new chat: a reply still streaming into it is no longer shown
         self.cancel = threading.Event()
+        self.answering = threading.Lock()  # held while a reply is made: one at a time, in order
 
     def __deepcopy__(self, memo):
         return ChatSession(copy.deepcopy(self.history, memo))
@@ -343,7 +347,7 @@ class StickerService:
         adapter = self._adapter_dir()
         try:
             if self.model is not None:
-                self.chatter = StickerChat(self.model, self.indexes)
+                self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch)
                 self._set("chat", Phase.READY, "ready")
                 return
             if not (adapter / "config.json").is_file():
@@ -352,7 +356,7 @@ class StickerService:
             t0 = time.time()
             self._set("chat", Phase.LOADING, "loading the LLM and the StickerLLM adapter")
             self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device)
-            self.chatter = StickerChat(self.model, self.indexes)
+            self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch)
             self._set("chat", Phase.READY, "ready")
             self.log(f"chat ready: {self.model.config.llm} + {adapter} ({time.time() - t0:.1f} s)")
         except Exception as exc:
@@ -568,7 +572,10 @@ class StickerService:
     def chat(self, session: ChatSession, message: str, images=(), settings: ChatSettings | None = None,
              timeout: float | None = 600) -> Iterator[ChatUpdate]:
         """The reply to `message` (with uploaded sticker files `images`) as growing ChatUpdates; the
-        exchange then goes into `session`. `session.cancel.set()` stops it before the next token."""
+        exchange then goes into `session`. `session.cancel.set()` stops it before the next token.
+        Replies of different sessions are made together (continuous batching); a caller that may
+        answer one session from several threads holds `session.answering` around this, so that its
+        replies come one at a time, in order. Busy (`stickerllm.decoding`) when the chat is full."""
         if not isinstance(message, str):
             raise TypeError(f"message must be a string, got {type(message).__name__}")
         message = valid_text(message)
@@ -605,7 +612,8 @@ class StickerService:
                     message, images, reply=done.reply if done is not None else update.text,
                     stickers=done.stickers if done is not None else [v["id"] for v in update.stickers],
                     parts=list(parts)))
-        yield ChatUpdate(list(parts), done=True, reason=done.reason if done is not None else "cancelled")
+        yield ChatUpdate(list(parts), done=True, reason=done.reason if done is not None else "cancelled",
+                         tokens=done.tokens if done is not None else 0)
 
 
 def _free_name(path: Path) -> Path:
