@@ -3,13 +3,18 @@ for a bounded time, then a burst far past the queue's size.
 
     python -m bench.bench_app_load [--seconds 60] [--chats 16] [--searches 32] [--smoke]
     python -m bench.bench_app_load --real [-- extra app.py flags, e.g. --adapter DIR]
+    python -m bench.bench_app_load --real --chats 16 --searches 0 --tokens 48 --exact-tokens \
+        --temperature 0.7 --versus-one --no-shed          # batched chat against one reply at a time
 
 Phase 1 (load): `--chats` sessions, each its own Client, chat turn after turn (each session's
 history is checked: the reply's "turns" counts that client's own turns), and `--searches` clients
 searching (text, every fourth by sticker), all at once for `--seconds` (requests in flight then
 still finish). Reported: requests completed, errors by kind, p50/p99 of chat time to the first
-streamed update and to the end, and of search latency (clients do not download the result files
-unless `--download`). Phase 2 (shedding): an app started with `--max-queue --shed-queue` gets
+streamed update and to the end, generated tokens per second over the phase (each reply's
+"tokens"), and of search latency (clients do not download the result files unless `--download`).
+With `--versus-one` the load phase runs first against an app started with `--chat-batch 1` (the
+one-reply-at-a-time server: the baseline), then against the app with `--chat-batch` (default: the
+app's), and the ratio of their tokens/s is reported. Phase 2 (shedding): an app started with `--max-queue --shed-queue` gets
 `--burst` chats and as many searches at once; those past the queue must be turned away with
 gradio's "queue full" error while the app keeps serving: one search and one chat afterwards must
 answer. One app serves both phases when the load phase cannot fill the small queue, or with
@@ -97,14 +102,15 @@ class App:
     def __init__(self, args, workdir: Path, max_queue: int):
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        batch = ["--chat-batch", str(args.chat_batch)] if args.chat_batch else []
         if args.real:
             cmd = [sys.executable, "app.py", "--port", str(self.port), "--max-queue", str(max_queue),
-                   "--index", str(workdir / "library"), "--no-ocr", *args.extra]
+                   "--index", str(workdir / "library"), "--no-ocr", *batch, *args.extra]
             self.images = sorted((ROOT / "assets" / "gallery" / "images").glob("*.png"))[:50]
         else:
             root = workdir / "tiny"
             cmd = [sys.executable, "-m", "devkit.appserver", str(root), "--port", str(self.port),
-                   "--delay", str(args.delay), "--max-queue", str(max_queue)]
+                   "--delay", str(args.delay), "--max-queue", str(max_queue), *batch]
             self.images = None  # the generated gallery, once the app made it
         env = {**os.environ, "PYTHONPATH": str(ROOT), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
         workdir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +126,8 @@ class App:
         if self.images is None:
             self.images = sorted((workdir / "tiny" / "gallery" / "images").glob("*.png"))
         self.start_s = round(time.perf_counter() - t0, 1)
-        log(f"app on {self.url} (max queue {max_queue}) ready in {self.start_s} s")
+        log(f"app on {self.url} (max queue {max_queue}, chat batch {args.chat_batch or 'default'}) ready in "
+            f"{self.start_s} s")
 
     def _wait_ready(self, timeout: float) -> None:
         wait_ready(self.url, timeout, lambda: self.proc.poll() is None or
@@ -211,11 +218,18 @@ def connect(url: str, n: int) -> list:
     return out
 
 
+def chat_settings(args) -> dict:
+    s = {"temperature": args.temperature, "max_new_tokens": args.tokens, "top_k": 4}
+    if args.exact_tokens:
+        s["min_new_tokens"] = args.tokens  # every reply exactly --tokens long
+    return s
+
+
 def load_phase(app: App, args) -> dict:
-    settings = {"temperature": 0, "max_new_tokens": args.tokens, "top_k": 4}
+    settings = chat_settings(args)
     lock = threading.Lock()
     errors: collections.Counter = collections.Counter()
-    ttfu, done_s, search_s, turns_per_session = [], [], [], []
+    ttfu, done_s, search_s, turns_per_session, tokens = [], [], [], [], []
     histories_ok = [True]
     keys = [("chat", i) for i in range(args.chats)] + [("search", j) for j in range(args.searches)]
     clients = {}
@@ -242,6 +256,7 @@ def load_phase(app: App, args) -> dict:
             with lock:
                 ttfu.append(first)
                 done_s.append(total)
+                tokens.append(int(out.get("tokens") or 0))
                 if not out.get("done") or out.get("turns") != turns:
                     histories_ok[0] = False
                     errors[f"chat: history has {out.get('turns')} turns, the session sent {turns}"] += 1
@@ -275,11 +290,13 @@ def load_phase(app: App, args) -> dict:
     res = {"seconds": round(wall, 1), "chat_sessions": args.chats, "search_clients": args.searches,
            "chat": {"turns": len(done_s), "turns_per_session": [min(turns_per_session, default=0),
                                                                 max(turns_per_session, default=0)],
-                    "first_update_ms": _pct(ttfu), "done_ms": _pct(done_s)},
+                    "first_update_ms": _pct(ttfu), "done_ms": _pct(done_s), "tokens": sum(tokens),
+                    "tokens_per_s": round(sum(tokens) / wall, 2)},
            "search": {"requests": len(search_s), "per_s": round(len(search_s) / wall, 1), "ms": _pct(search_s)},
            "errors": dict(errors), "error_count": sum(errors.values()), "histories_intact": histories_ok[0],
            "app_alive": app.alive()}
-    log(f"load: {res['chat']['turns']} chat turns, {res['search']['requests']} searches, "
+    log(f"load: {res['chat']['turns']} chat turns ({res['chat']['tokens_per_s']} tokens/s, first update p50 "
+        f"{res['chat']['first_update_ms']['p50']} ms), {res['search']['requests']} searches, "
         f"{res['error_count']} errors in {res['seconds']} s")
     return res
 
@@ -287,7 +304,7 @@ def load_phase(app: App, args) -> dict:
 def shed_phase(app: App, args, max_queue: int) -> dict:
 
     n = args.burst
-    settings = {"temperature": 0, "max_new_tokens": args.tokens}
+    settings = {**chat_settings(args), "top_k": 8}
     clients = connect(app.url, 2 * n)
     outcome: collections.Counter = collections.Counter()
     lock = threading.Lock()
@@ -338,6 +355,12 @@ def parse_args(argv=None):
     ap.add_argument("--chats", type=int, default=16, help="concurrent chat sessions")
     ap.add_argument("--searches", type=int, default=32, help="concurrent search clients")
     ap.add_argument("--tokens", type=int, default=16, help="max new tokens per reply")
+    ap.add_argument("--exact-tokens", action="store_true", help="every reply exactly --tokens long (min_new_tokens)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="chat temperature (0: greedy)")
+    ap.add_argument("--chat-batch", type=int, default=0, help="the app's --chat-batch (0: its default)")
+    ap.add_argument("--versus-one", action="store_true", help="first run the load phase against an app with "
+                    "--chat-batch 1 (the baseline), and report the ratio of tokens/s")
+    ap.add_argument("--no-shed", action="store_true", help="skip the shedding phase")
     ap.add_argument("--delay", type=float, default=0.0, help="tiny app: seconds per generated token")
     ap.add_argument("--max-queue", type=int, default=64, help="the app's queue in the load phase (app.py's default)")
     ap.add_argument("--shed-queue", type=int, default=4, help="the app's queue in the shedding phase")
@@ -370,6 +393,13 @@ def main(argv=None) -> dict:
         # one app for both phases when the load cannot fill the small queue (at most one request of
         # each client waits, and chat runs one at a time, search four)
         shared = bool(args.url) or args.chats + args.searches < args.shed_queue
+        if args.versus_one and not args.url:  # the baseline first: the same load, one reply at a time
+            one = argparse.Namespace(**{**vars(args), "chat_batch": 1})
+            base = App(one, tmp / "one", args.max_queue)
+            try:
+                result["load_one_at_a_time"] = load_phase(base, one)
+            finally:
+                base.close()
         if args.url:
             app = RunningApp(args.url, sorted(Path(args.images).glob("*.png")) if args.images else [])
             wait_ready(app.url, args.ready_timeout)
@@ -380,11 +410,17 @@ def main(argv=None) -> dict:
             result["app_start_s"] = app.start_s
             result["load"] = load_phase(app, args)
             result["load"]["max_queue"] = args.shed_queue if shared else args.max_queue
-            if not shared:
-                app.close()
-                app = App(args, tmp / "shed", args.shed_queue)
-            result["shed"] = shed_phase(app, args, args.shed_queue)
-            result["shed"]["same_app"] = shared
+            if "load_one_at_a_time" in result:
+                base_rate = result["load_one_at_a_time"]["chat"]["tokens_per_s"]
+                rate = result["load"]["chat"]["tokens_per_s"]
+                result["tokens_per_s_ratio"] = round(rate / base_rate, 2) if base_rate else None
+                log(f"tokens/s: {rate} against {base_rate} one at a time (ratio {result['tokens_per_s_ratio']})")
+            if not args.no_shed:
+                if not shared:
+                    app.close()
+                    app = App(args, tmp / "shed", args.shed_queue)
+                result["shed"] = shed_phase(app, args, args.shed_queue)
+                result["shed"]["same_app"] = shared
         finally:
             app.close()
     print(json.dumps(result, ensure_ascii=False))
