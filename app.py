@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--host", default=_env("host", "0.0.0.0" if on_space else "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(_env("port", os.environ.get("GRADIO_SERVER_PORT", 7860))))
     ap.add_argument("--device", default=_env("device"), help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    ap.add_argument("--dtype", default=_env("dtype", "auto"), help="the LLM's dtype: auto (bfloat16 where the "
+                    "device has native bf16, else float32), float32, bfloat16")
     ap.add_argument("--share", action="store_true", default=_env("share") == "1", help="a public gradio.live link")
     ap.add_argument("--no-chat", action="store_true", help="search and library only (no LLM)")
     ap.add_argument("--no-ocr", action="store_true", help="do not read captions of your stickers with OCR")
@@ -277,7 +279,7 @@ def main(argv=None) -> None:
 
     local = (_loopback(args.host) and not args.share) or args.allow_folders
     opts = ServiceOptions(clip=args.clip, llm=args.llm, adapter=args.adapter, library=args.index,
-                          device=args.device, folders=tuple(args.folder), chat=not args.no_chat,
+                          device=args.device, dtype=args.dtype, folders=tuple(args.folder), chat=not args.no_chat,
                           local_folders=local, ocr=not args.no_ocr,
                           chat_batch=args.chat_batch or ServiceOptions.chat_batch)
     if args.gallery:

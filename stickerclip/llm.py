@@ -82,6 +82,45 @@ def resolve_llm(name: str, log=None) -> str:
     return name
 
 
+def native_bf16(device=None) -> bool:
+    """Whether `device` computes in bfloat16 natively: a GPU that has it, or a CPU with AVX512-BF16
+    or AMX."""
+    import torch
+
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if dev.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def precision(name=None, device=None):
+    """(the LLM's weight dtype, its output head's dtype or None for the weights') for a dtype name:
+    - "auto" or None: on a GPU with bf16, bfloat16; on a CPU with native bf16, float32 weights with
+      the output head in bfloat16 (the 262k-word head is most of a decode step: 2-5x faster, half
+      its memory; hidden states, and so the `<ret>` query, stay float32 — with the whole 270M model
+      in bf16, the top-4 relevance of the natural prompts fell from 42.2 to 37.3 %); else float32;
+    - "float32", "bfloat16", "float16" (also "fp32", "bf16", "fp16"): all weights in it."""
+    import torch
+
+    if name in (None, "", "auto"):
+        dev = torch.device(device if device is not None else "cpu")
+        if not native_bf16(dev):
+            return torch.float32, None
+        return (torch.bfloat16, None) if dev.type == "cuda" else (torch.float32, torch.bfloat16)
+    kinds = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if isinstance(name, torch.dtype):
+        return name, None
+    if name not in kinds:
+        raise ValueError(f"dtype {name!r}: must be auto, float32, bfloat16 or float16")
+    return kinds[name], None
+
+
 def load_causal_lm(name: str, device=None, dtype=None, log=None):
     """(model, tokenizer) for `name`, frozen and in eval mode; one instance per (name, device, dtype)."""
     log = log or _stderr

@@ -133,6 +133,7 @@ class LLMTextTower(nn.Module):
         bos = self.tokenizer.bos_token_id
         if bos is not None:
             mask = mask * (input_ids != bos)
+        hidden = hidden.float()  # an LLM in bf16 pools and projects in float32 like one in float32
         mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
 

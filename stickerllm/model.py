@@ -186,6 +186,20 @@ class StickerLLM(nn.Module):
                                      getattr(self.llm, "generation_config", None), style=style)
 
     # ------------------------------------------------------------------------------ compute
+    _head = None  # the frozen output head's weight in another dtype (set_head_dtype), or None
+
+    def set_head_dtype(self, dtype: torch.dtype | None) -> None:
+        """Compute the frozen output head's logits in `dtype` from a copy of its weight (e.g.
+        bfloat16 on a CPU with native bf16: the 262k x 640 head of Gemma 3 270M is most of a decode
+        step, and its bf16 copy is 335 MB where the float32 weights it replaces are 671 MB); None:
+        the LLM's own head. Hidden states, and so the `<ret>` query, do not change; the new tokens'
+        columns stay in the model's dtype."""
+        head = self.llm.get_output_embeddings()
+        if head is None or getattr(head, "bias", None) is not None or dtype in (None, head.weight.dtype):
+            object.__setattr__(self, "_head", None)
+            return
+        object.__setattr__(self, "_head", head.weight.detach().to(dtype))
+
     def image_embeddings(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, d) normalised StickerCLIP image features -> (N·n, H) input embeddings."""
         H = self.config.hidden_size
@@ -221,7 +235,11 @@ class StickerLLM(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., H) final hidden states -> (..., vocab_width) logits: the frozen head's, plus the fresh
         special tokens' columns, with unreachable and input-only columns at -inf."""
-        base = self.llm.get_output_embeddings()(hidden)
+        head = self._head
+        if head is None:
+            base = self.llm.get_output_embeddings()(hidden)
+        else:  # the frozen head in its own dtype (set_head_dtype)
+            base = F.linear(hidden.to(head.dtype), head).to(hidden.dtype)
         out_rows = self.tok_in if self.tok_out is None else self.tok_out
         extra = hidden @ out_rows[self._new_rows].to(hidden.dtype).T  # (..., n_new)
         if self.vocab_width > base.shape[-1]:
@@ -383,7 +401,7 @@ def create(llm: str | tuple, clip, image_tokens: int = 1, device=None, dtype=Non
     """A fresh StickerLLM over `llm` (a load_causal_lm name or a (model, tokenizer) pair) and `clip`
     (a StickerCLIP, or a load_model name/path; its text tower shares the LLM where it can)."""
     model, tok, name = _llm(llm, device, dtype)
-    clip_model = _clip(clip, name, (model, tok), device)
+    clip_model = _clip(clip, name, (model, tok), device, dtype)
     cfg = StickerLLMConfig(llm=name, clip=getattr(clip_model, "source", str(clip)), image_tokens=image_tokens,
                            output_rows=output_rows, query_layer=query_layer, prompt=prompt)
     return StickerLLM(model, tok, cfg, clip=clip_model)
@@ -409,7 +427,7 @@ def load(directory: str | os.PathLike, llm=None, clip=None, device=None, dtype=N
         cfg.llm = llm
     model, tok, _ = _llm(llm if isinstance(llm, tuple) else cfg.llm, device, dtype)
     clip_src = clip if clip is not None else _relative(cfg.clip, d)
-    clip_model = _clip(clip_src, cfg.llm, (model, tok), device)
+    clip_model = _clip(clip_src, cfg.llm, (model, tok), device, dtype)
     if clip_model is not None and cfg.clip_identity and clip_model.identity() != cfg.clip_identity:
         raise ValueError(f"{d}: trained with StickerCLIP {cfg.clip_identity}, but {clip_src} is "
                          f"{clip_model.identity()}; pass the StickerCLIP it was trained with")
@@ -436,7 +454,7 @@ def _llm(llm, device, dtype):
     return model, tok, llm
 
 
-def _clip(clip, llm_name, llm_pair, device):
+def _clip(clip, llm_name, llm_pair, device, dtype=None):
     if clip is None or not isinstance(clip, (str, os.PathLike)):
         return clip
     from stickerclip.factory import load_model
@@ -448,4 +466,4 @@ def _clip(clip, llm_name, llm_pair, device):
         text = json.loads(cfg.read_text()).get("text") or {}
         if text.get("kind") == "llm" and text.get("llm") == llm_name:
             shared = llm_pair
-    return load_model(str(clip), device=device, llm=shared)
+    return load_model(str(clip), device=device, llm=shared, dtype=dtype)

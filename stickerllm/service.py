@@ -70,6 +70,7 @@ class ServiceOptions:
     library: str | None = None  # the person's own index directory; None: <cache>/library/<model id>
     gallery: str | None = str(GALLERY)  # the sticker gallery (all.jsonl inside); "" or None: none
     device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None  # the LLM's: None or "auto" (see stickerclip.llm.precision), "float32", "bfloat16"
     folders: tuple[str, ...] = ()  # folders to index once the models are loaded
     chat: bool = True  # load the LLM (False: search and library only)
     local_folders: bool = True  # requests may index folders of the server by path (local runs only)
@@ -266,6 +267,12 @@ class StickerService:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def _dtype(self, device: str):
+        """The LLM's weight dtype (see stickerclip.llm.precision)."""
+        from stickerclip.llm import precision
+
+        return precision(self.options.dtype, device)[0]
+
     def _adapter_dir(self) -> Path:
         return Path(self.options.adapter).expanduser() if self.options.adapter else DEFAULT_ADAPTER
 
@@ -297,7 +304,7 @@ class StickerService:
             if self.clip is None:
                 self._set("search", Phase.LOADING, "loading StickerCLIP and the LLM its text tower reads with (the "
                           "first run converts the embedded LLM from GGUF once: about a minute)")
-                self.clip = load_model(self._clip_source(), device=device)
+                self.clip = load_model(self._clip_source(), device=device, dtype=self._dtype(device))
             if self.options.gallery:
                 def indexing(done, total):
                     self._set("search", Phase.LOADING, f"loading: indexing the sticker gallery {done:,}/{total:,} "
@@ -355,7 +362,11 @@ class StickerService:
                                         "train.train_stickerllm, or pass --adapter)")
             t0 = time.time()
             self._set("chat", Phase.LOADING, "loading the LLM and the StickerLLM adapter")
-            self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device)
+            from stickerclip.llm import precision
+
+            weights, head = precision(self.options.dtype, device)
+            self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device, dtype=weights)
+            self.model.set_head_dtype(head)
             self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch)
             self._set("chat", Phase.READY, "ready")
             self.log(f"chat ready: {self.model.config.llm} + {adapter} ({time.time() - t0:.1f} s)")

@@ -62,3 +62,34 @@ def test_eval_reproduces_the_published_quick_eval(open_corpus):
                             ("relevance_top4", "n_judged", 4)):  # one prompt: its retrieval, or its top 4
             assert abs(mine[key] - row[key]) <= per * 100.0 / max(1, row[n]) + 1e-6, (t, key)
         assert mine["replies_no_repeats"] == row["replies_no_repeats"] and mine["replies_in_script"] == 100.0
+
+
+def test_in_bf16_search_and_chat_share_one_llm_and_read_texts_alike():
+    """The app's default on a CPU with native bf16 (and on GPUs): the LLM in bfloat16, half the memory;
+    StickerCLIP's own weights stay float32 and its text features match the float32 LLM's."""
+    import numpy as np
+    import torch
+
+    from stickerclip.factory import load_model
+
+    clip = load_model(str(ROOT / "assets" / "stickerclip"), device="cpu", dtype=torch.bfloat16)
+    m = load(DEFAULT, clip=clip, device="cpu", dtype=torch.bfloat16)
+    assert m.llm is clip.text.llm and m.llm.dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in clip.own_state_dict().values() if v.is_floating_point())
+    texts = ["哭", "好累", "今天好累啊，不想上班", "send me a cat"]
+    half = clip.encode_texts(texts)
+    full = load_model(str(ROOT / "assets" / "stickerclip"), device="cpu").encode_texts(texts)
+    assert half.dtype == np.float32 and float((half * full).sum(1).min()) > 0.98
+
+
+def test_precision_names():
+    import pytest
+    import torch
+
+    from stickerclip.llm import native_bf16, precision
+
+    assert precision("bfloat16") == (torch.bfloat16, None) and precision("fp32") == (torch.float32, None)
+    # auto on a CPU: float32 weights (the <ret> query's states), the output head in bf16 where native
+    assert precision("auto", "cpu") == (torch.float32, torch.bfloat16 if native_bf16("cpu") else None)
+    with pytest.raises(ValueError, match="dtype 'half-ish'"):
+        precision("half-ish")

@@ -579,3 +579,21 @@ def test_settings_are_checked_once_and_again_after_a_change():
         s.checked()
     with pytest.raises(ValueError, match="temperature"):
         ChatSettings(temperature=-1).checked()
+
+
+def test_a_bf16_output_head_changes_the_logits_only_by_rounding(clip):
+    m = make("gemma", clip=clip)
+    h = torch.randn(3, m.llm.config.hidden_size)
+    with torch.no_grad():
+        full = m.logits(h)
+        m.set_head_dtype(torch.bfloat16)
+        half = m.logits(h)
+    assert m._head.dtype == torch.bfloat16 and half.dtype == full.dtype
+    new = m._new_cols
+    assert torch.equal(half[:, new], full[:, new])  # <ret> and the other new columns: untouched
+    finite = torch.isfinite(full)
+    assert torch.equal(finite, torch.isfinite(half))
+    assert torch.allclose(half[finite], full[finite], atol=0.05 * float(full[finite].abs().max()))
+    m.set_head_dtype(None)
+    with torch.no_grad():
+        assert torch.equal(m.logits(h), full)

@@ -24,6 +24,7 @@ import numpy as np
 from stickerclip.data import build_text
 from stickerclip.metrics import retrieval_metrics
 from stickerclip.factory import load_model
+from stickerclip.llm import precision
 from train.common import cjk_font, read_split, usable
 
 
@@ -36,6 +37,7 @@ def parse_args(argv=None):
     ap.add_argument("--split", default="test")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None, help="an LLM text tower's dtype (auto, float32, bfloat16; default float32)")
     ap.add_argument("--report", default=None, help="folder for report.md and topk.png")
     ap.add_argument("--queries", type=int, default=8, help="queries shown in the report figure")
     ap.add_argument("--seed", type=int, default=0, help="seeds the random init of a named config")
@@ -54,7 +56,8 @@ def main(argv=None) -> dict:
     import torch
 
     torch.manual_seed(args.seed)
-    model = load_model(args.model, device=args.device, arch=args.arch, llm=args.llm)
+    model = load_model(args.model, device=args.device, arch=args.arch, llm=args.llm,
+                       dtype=precision(args.dtype, args.device)[0] if args.dtype else None)
     texts = [build_text(r) for r in records]
     img = model.encode_images(records, batch_size=args.batch_size)
     txt = model.encode_texts(texts, batch_size=args.batch_size)
@@ -83,7 +86,8 @@ def main_forms(args) -> dict:
     first = None
     for name in [m for m in args.model.split(",") if m]:
         torch.manual_seed(args.seed)
-        model = load_model(name, device=args.device, arch=args.arch, llm=args.llm)
+        model = load_model(name, device=args.device, arch=args.arch, llm=args.llm,
+                           dtype=precision(args.dtype, args.device)[0] if args.dtype else None)
         out["models"][name] = evaluate_forms(model, records, concepts, holdout, pixel_baseline=False)
         out["models"][name]["image_size"] = model.config.image_size
         if args.index_ocr:

@@ -29,6 +29,7 @@ import time
 from dataclasses import replace
 
 from stickerclip.data import build_text
+from stickerclip.llm import precision
 from stickerclip.metrics import paired_recall
 from train.build_instructions import draw_kind, general_instructions, make
 from train.common import encode_prompts, greedy_replies, read_split, ret_queries
@@ -42,6 +43,8 @@ def parse_args(argv=None):
     ap.add_argument("--llm", default=None, help="override the adapter's base LLM")
     ap.add_argument("--clip", default=None, help="override the adapter's StickerCLIP")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--dtype", default=None, help="the LLM's dtype (auto: as the app, see stickerclip.llm.precision; "
+                    "float32, bfloat16; default float32)")
     ap.add_argument("--n-retrieval", type=int, default=None, help="stickers for T2I / I2I (default: all)")
     ap.add_argument("--n-tool", type=int, default=200, help="instructions per condition (b)-(e)")
     ap.add_argument("--n-general", type=int, default=None, help="general instructions (default: all held out)")
@@ -187,7 +190,9 @@ def main(argv=None) -> dict:
     records = read_split(args.data, args.split, keep_usable=True)
     if not records:
         raise SystemExit(f"{args.data}: no usable records")
-    model = load(args.model, llm=args.llm, clip=args.clip, device=args.device)
+    weights, head = precision(args.dtype, args.device) if args.dtype else (None, None)
+    model = load(args.model, llm=args.llm, clip=args.clip, device=args.device, dtype=weights)
+    model.set_head_dtype(head)
     if args.prompt:
         model.set_prompt(args.prompt)
     result = {"model": str(args.model), "data": str(args.data), "split": args.split,
