@@ -25,8 +25,8 @@ import torch
 
 from stickerclip.index import BETA
 
-from .decoding import (MAX_BATCH, MAX_WAITING, BatchDecoder, Busy, DynamicDecoder, StaticDecoder, greedy_batch, pick,
-                       preamble_cache, with_prefix)
+from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
+                       greedy_batch, pick, preamble_cache, with_prefix)
 from .model import StickerLLM
 from .prompt import Encoded
 from .tokens import END_RET, RET, SPECIAL_TOKENS
@@ -107,13 +107,14 @@ class StickerChat:
     Thread-safe: call `chat_stream` from as many threads as there are conversations."""
 
     def __init__(self, model: StickerLLM, index=None, decoder: DynamicDecoder | None = None,
-                 max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING):
+                 max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING, turn_cache_bytes: int = TURN_CACHE_BYTES):
         """`decoder`: None (batched, the LLM's dynamic cache) or a decoder for one reply at a time
-        (a StaticDecoder: static cache, compiled step)."""
+        (a StaticDecoder: static cache, compiled step). `turn_cache_bytes`: KV caches of finished
+        replies kept so that a conversation's next message prefills only what is new (0: none)."""
         self.model = model.eval()
         self.index = index
         self.decoder = decoder
-        self.batcher = BatchDecoder(self.model, max_batch, max_waiting) if decoder is None else None
+        self.batcher = BatchDecoder(self.model, max_batch, max_waiting, turn_cache_bytes) if decoder is None else None
         self._lock = threading.Lock()  # one reply at a time through `decoder`
         if index is not None:
             want = model.config.clip_identity

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import collections
 import copy
+import hashlib
 import threading
 from dataclasses import dataclass
 import weakref
@@ -68,15 +69,18 @@ class DynamicDecoder:
     """Token-by-token decoding with the LLM's default (dynamic) KV cache. `prefix`: (length, cache)
     of a prompt prefix already run (the preamble), copied for each prompt that starts with it."""
 
-    def __init__(self, model: StickerLLM, prefix=None):
+    def __init__(self, model: StickerLLM, prefix=None, copy_prefix: bool = True):
+        """`copy_prefix` False: the prefix's cache is this decoder's to extend (not shared)."""
         self.model = model
         self.prefix = prefix if prefix is not None and prefix[1] is not None else None
+        self.copy_prefix = copy_prefix
 
     def start(self, embeds: torch.Tensor) -> torch.Tensor:
         """Prefill the (1, T, H) prompt -> the last hidden state (1, H)."""
         cache, n = None, 0
         if self.prefix is not None and embeds.shape[1] > self.prefix[0]:
-            n, cache = self.prefix[0], copy.deepcopy(self.prefix[1])
+            n, cache = self.prefix[0], self.prefix[1]
+            cache = copy.deepcopy(cache) if self.copy_prefix else cache
         out = self.model.hidden(embeds[:, n:], past_key_values=cache, use_cache=True)
         self.cache = out.past_key_values
         return out.last_hidden_state[:, -1]
@@ -137,6 +141,7 @@ class StaticDecoder(DynamicDecoder):
 
 MAX_BATCH = 16  # replies a BatchDecoder decodes together (the chat server's default)
 MAX_WAITING = 64  # replies waiting for a place in the batch; more are turned away (Busy)
+TURN_CACHE_BYTES = 256 << 20  # KV caches of finished replies kept for the conversations' next messages
 
 
 class Busy(RuntimeError):
@@ -192,6 +197,14 @@ class Rows:
         mask = torch.cat([F.pad(p.mask, (L - p.mask.shape[1], 0)) for p in parts])
         return Rows(cache, mask, torch.cat([p.pos for p in parts]), torch.cat([p.h for p in parts]))
 
+    def copy_row(self, i: int) -> "Rows":
+        """Row i alone, in a cache of its own (the batch is unchanged)."""
+        return Rows(_copy_cache(self.cache), self.mask, self.pos, self.h).select([i])
+
+    def nbytes(self) -> int:
+        return sum(x.numel() * x.element_size() for layer in self.cache.layers
+                   for x in (getattr(layer, "keys", None), getattr(layer, "values", None)) if x is not None)
+
     def select(self, keep: list[int]) -> "Rows":
         """The rows `keep` only, without the columns that no kept row uses."""
         idx = torch.tensor(keep, device=self.mask.device)
@@ -222,18 +235,110 @@ def _finish_steps() -> None:
         t.join(timeout=2.0)
 
 
+def _copy_cache(cache):
+    """A cache object of its own whose layers point at the same tensors (so selecting rows from it
+    leaves `cache` as it was)."""
+    out = copy.copy(cache)
+    out.layers = [copy.copy(layer) for layer in cache.layers]
+    return out
+
+
+class TurnCache:
+    """KV caches of finished replies, keyed by what they hold (the prompt and the reply, position by
+    position: token id, special index, image digest), so that a conversation's next message prefills
+    only what is new: the previous prompt and reply are the start of the next prompt. An entry is
+    taken (removed) when used, and the reply it serves stores its own; beyond `max_bytes` the oldest
+    go. A sliding-window layer keeps only its window, so an entry longer than the window serves
+    only a prompt that extends all of it; a shorter one also serves a prompt that shares a part."""
+
+    def __init__(self, max_bytes: int = TURN_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.reused_tokens = 0  # prompt tokens not prefilled thanks to the cache
+        self._entries: collections.OrderedDict = collections.OrderedDict()  # key -> (Rows, bytes)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, key: tuple, rows: Rows) -> None:
+        size = rows.nbytes()
+        if size > self.max_bytes or not key:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            self.bytes += size - (old[1] if old else 0)
+            self._entries[key] = (rows, size)
+            while self.bytes > self.max_bytes:
+                _, (_, gone) = self._entries.popitem(last=False)
+                self.bytes -= gone
+
+    def take(self, key: tuple, at_least: int = 1) -> tuple[int, Rows] | None:
+        """(c, a one-row cache holding exactly key[:c]) for the longest usable cached start of `key`
+        with at_least <= c < len(key) (one token at least is left to prefill); None if there is none.
+        The entry leaves the cache."""
+        with self._lock:
+            best, best_c = None, 0
+            for k, (rows, _) in self._entries.items():
+                E = len(k)
+                if len(key) > E and key[:E] == k:
+                    c = E
+                elif _truncated(rows):
+                    continue  # its sliding layers no longer hold what a shorter start would need
+                else:
+                    c = 0
+                    for a, b in zip(key, k):
+                        if a != b:
+                            break
+                        c += 1
+                    c = min(c, len(key) - 1)
+                if c > best_c:
+                    best, best_c = k, c
+            if best is None or best_c < at_least:
+                return None
+            rows, size = self._entries.pop(best)
+            self.bytes -= size
+            self.hits += 1
+            self.reused_tokens += best_c
+        if best_c < len(best):  # keep only the shared start
+            for layer in rows.cache.layers:
+                if getattr(layer, "keys", None) is None:
+                    continue
+                layer.keys, layer.values = layer.keys[:, :, :best_c], layer.values[:, :, :best_c]
+                if hasattr(layer, "cumulative_length"):
+                    layer.cumulative_length = best_c
+        return best_c, rows
+
+
+def _truncated(rows: Rows) -> bool:
+    """Whether a sliding-window layer of `rows` has dropped columns (its start is gone)."""
+    return any(getattr(layer, "keys", None) is not None and hasattr(layer, "cumulative_length")
+               and layer.keys.shape[-2] < layer.cumulative_length for layer in rows.cache.layers)
+
+
+@dataclass
+class _Slot:
+    row: Row
+    key: list  # what the row's KV cache holds, position by position (see TurnCache)
+
+
 class BatchDecoder:
     """Continuous batching: replies of different conversations decode together, one token each per
     step of one batched forward. A reply joins when its prompt is prefilled (alone, reusing the
     preamble's KV cache) and leaves when it ends or is cancelled; each keeps its own policy, sampling
     settings and seed (its `Row`). One thread decodes while there is work and ends when there is
     none; `submit` starts it again. At most `max_batch` rows decode at once and `max_waiting` wait;
-    beyond that `submit` raises Busy."""
+    beyond that `submit` raises Busy. A finished reply's KV cache goes to a TurnCache of
+    `turn_cache_bytes` (0: none), from which the conversation's next message is prefilled."""
 
-    def __init__(self, model: StickerLLM, max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING):
+    def __init__(self, model: StickerLLM, max_batch: int = MAX_BATCH, max_waiting: int = MAX_WAITING,
+                 turn_cache_bytes: int = TURN_CACHE_BYTES):
         if max_batch < 1 or max_waiting < 0:
             raise ValueError(f"max_batch must be >= 1 and max_waiting >= 0, got {max_batch} and {max_waiting}")
         self.model = model
+        self.turns = TurnCache(turn_cache_bytes) if turn_cache_bytes > 0 else None
+        self.prefilled = 0  # prompt tokens prefilled
         self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.steps = 0  # batched forward steps run
@@ -272,7 +377,7 @@ class BatchDecoder:
                 if rows:
                     batch, rows = self._step(batch, rows)
             except BaseException as exc:  # a batched forward failed: every reply in it gets the error
-                for r in {id(r): r for r in [*rows, *(j[0] for j in joining)]}.values():
+                for r in {id(r): r for r in [*(s.row for s in rows), *(j[0] for j in joining)]}.values():
                     r.failed(exc)
                 batch, rows = None, []
 
@@ -283,38 +388,55 @@ class BatchDecoder:
             if row.abandoned:
                 continue
             try:
-                parts.append(self._prefill(enc, feats))
+                key = self._key(enc, feats)
+                parts.append(self._prefill(enc, feats, key))
             except Exception as exc:  # this prompt's fault (e.g. its images): the others go on
                 row.failed(exc)
                 continue
-            rows.append(row)
+            rows.append(_Slot(row, list(key)))
         return (Rows.merge(parts) if parts else None), rows
 
-    def _prefill(self, enc: Encoded, feats) -> Rows:
+    def _key(self, enc: Encoded, feats) -> tuple:
+        """What a prompt's KV cache will hold, position by position: (id, special, image digest)."""
+        k = self.model.config.image_tokens
+        digest = [hashlib.sha1(f.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+                  for f in (feats if feats is not None else [])]
+        return tuple(zip(enc.ids, enc.special, [digest[s // k] if s >= 0 else None for s in enc.slot]))
+
+    def _prefill(self, enc: Encoded, feats, key: tuple) -> Rows:
+        """The prompt alone: from the longest cached start of an earlier turn, else after the
+        preamble's cache."""
         m = self.model
         dev = m.device
         img = m.image_embeddings(feats.to(dev)) if feats is not None and len(feats) else None
         t = lambda xs: torch.tensor([xs], dtype=torch.long, device=dev)  # noqa: E731
         n, cache = preamble_cache(m)
         prefix = (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids else None
-        dec = DynamicDecoder(m, prefix)
+        held = self.turns.take(key, at_least=(prefix[0] if prefix else 0) + 1) if self.turns is not None else None
+        if held is not None:
+            prefix = (held[0], held[1].cache)
+        dec = DynamicDecoder(m, prefix, copy_prefix=held is None)
         h = dec.start(m.embed(t(enc.ids), t(enc.special), t(enc.slot), img))
+        self.prefilled += len(enc) - (prefix[0] if prefix and len(enc) > prefix[0] else 0)
         return Rows(dec.cache, torch.ones((1, len(enc)), dtype=torch.long, device=dev),
                     torch.tensor([len(enc)], device=dev), h)
 
     def _step(self, batch: Rows, rows: list) -> tuple[Rows | None, list]:
         m = self.model
-        need = [i for i, r in enumerate(rows) if r.needs_logits]
+        need = [i for i, s in enumerate(rows) if s.row.needs_logits]
         logits = m.logits(batch.h[need]).float() if need else None  # (len(need), V)
         at = {i: k for k, i in enumerate(need)}
         feeds = []
-        for i, r in enumerate(rows):
+        for i, s in enumerate(rows):
             try:
-                feeds.append(r.choose(logits[at[i]] if i in at else None))
+                feeds.append(s.row.choose(logits[at[i]] if i in at else None))
             except Exception as exc:
-                r.failed(exc)
-                feeds.append(None)
-        keep = [i for i, f in enumerate(feeds) if f is not None]
+                s.row.failed(exc)
+                feeds.append(False)
+        for i, f in enumerate(feeds):  # a reply that ended: its cache serves the conversation's next turn
+            if f is None and self.turns is not None and not rows[i].row.abandoned:
+                self.turns.put(tuple(rows[i].key), batch.copy_row(i))
+        keep = [i for i, f in enumerate(feeds) if f]
         if not keep:
             return None, []
         if len(keep) < len(rows):
@@ -328,10 +450,12 @@ class BatchDecoder:
                        past_key_values=batch.cache, use_cache=True, query=bool(wanted))
         self.steps += 1
         self.row_steps += len(rows)
+        for s, f in zip(rows, feeds):
+            s.key.append((f[0], f[1], None))
         if wanted:
             hq = m.query_states(out)[:, -1]
             for i in wanted:
-                rows[i].queried(hq[i])
+                rows[i].row.queried(hq[i])
         return Rows(out.past_key_values, mask, batch.pos + 1, out.last_hidden_state[:, -1]), rows
 
 

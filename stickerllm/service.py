@@ -32,7 +32,7 @@ from stickerclip.gallery import GALLERY
 from stickerclip.index import BETA
 
 from .chat import ChatSettings, Done, Retrieval, TextChunk
-from .decoding import MAX_BATCH
+from .decoding import MAX_BATCH, TURN_CACHE_BYTES
 from .prompt import valid_text
 
 DEFAULT_ADAPTER = Path(__file__).resolve().parent.parent / "assets" / "stickerllm"
@@ -76,6 +76,7 @@ class ServiceOptions:
     local_folders: bool = True  # requests may index folders of the server by path (local runs only)
     ocr: bool = True  # read captions of the person's stickers with RapidOCR while indexing
     chat_batch: int = MAX_BATCH  # chat replies decoded together (continuous batching; 1: one at a time)
+    chat_cache_mb: int = TURN_CACHE_BYTES >> 20  # KV caches of finished replies, for each chat's next message
     max_upload_files: int = 5000  # files per upload (zip members included)
     max_upload_bytes: int = 1 << 30  # bytes per upload, zip members uncompressed
 
@@ -354,7 +355,8 @@ class StickerService:
         adapter = self._adapter_dir()
         try:
             if self.model is not None:
-                self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch)
+                self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch,
+                                           turn_cache_bytes=self.options.chat_cache_mb << 20)
                 self._set("chat", Phase.READY, "ready")
                 return
             if not (adapter / "config.json").is_file():
@@ -367,7 +369,8 @@ class StickerService:
             weights, head = precision(self.options.dtype, device)
             self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device, dtype=weights)
             self.model.set_head_dtype(head)
-            self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch)
+            self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch,
+                                           turn_cache_bytes=self.options.chat_cache_mb << 20)
             self._set("chat", Phase.READY, "ready")
             self.log(f"chat ready: {self.model.config.llm} + {adapter} ({time.time() - t0:.1f} s)")
         except Exception as exc:

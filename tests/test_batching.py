@@ -218,3 +218,45 @@ def test_nucleus_is_the_smallest_set_reaching_top_p():
 def test_bad_batch_limits_are_refused(model):
     with pytest.raises(ValueError, match="max_batch"):
         BatchDecoder(model, max_batch=0)
+
+
+def test_a_conversations_next_message_is_prefilled_from_its_last_reply():
+    """The turn cache: turn after turn, what the previous prompt and reply left in the KV cache is
+    reused (only the new part is prefilled), and the replies equal those decoded without it."""
+    llm, tok = tiny_llm("gemma")  # no short sliding window: a cached start can be cut to what is shared
+    torch.manual_seed(0)
+    m = StickerLLM(llm, tok, StickerLLMConfig(llm="tiny-gemma", clip="tiny"),
+                   clip=StickerCLIP(named_config("tiny")).eval()).eval()
+    s = ChatSettings(temperature=0.0, max_new_tokens=6, min_new_tokens=6)
+
+    def talk(chat):
+        history, replies = [], []
+        for msg in ["你好", "今天好累", "来个猫"]:
+            done = list(chat.chat_stream(msg, history=history, settings=s))[-1]
+            replies.append(done.reply)
+            history += [{"role": "user", "content": msg}, {"role": "assistant", "content": done.reply}]
+        return replies
+
+    cached = StickerChat(m)
+    uncached = StickerChat(m, turn_cache_bytes=0)
+    assert talk(cached) == talk(uncached) == talk(StickerChat(m, decoder=DynamicDecoder(m)))
+    turns = cached.batcher.turns
+    assert len(turns) == 1 and turns.bytes > 0  # the last reply's, for a next message
+    beyond_preamble = turns.reused_tokens - 2 * len(m.builder.preamble())
+    assert turns.hits == 2 and beyond_preamble > 0
+    assert cached.batcher.prefilled == uncached.batcher.prefilled - beyond_preamble
+
+
+def test_with_a_short_sliding_window_a_cached_turn_serves_only_a_prompt_that_extends_it(model):
+    """Past its window a sliding layer has dropped the start of the sequence: a cached turn cannot
+    be cut back to a shorter shared start (it is left alone), and the replies stay exact."""
+    s = ChatSettings(temperature=0.0, max_new_tokens=5, min_new_tokens=5)
+    chat, alone = StickerChat(model), StickerChat(model, decoder=DynamicDecoder(model))
+    history = []
+    for msg in ["你好", "今天好累"]:
+        got = list(chat.chat_stream(msg, history=history, settings=s))[-1]
+        want = list(alone.chat_stream(msg, history=history, settings=s))[-1]
+        assert got.reply == want.reply
+        history += [{"role": "user", "content": msg}, {"role": "assistant", "content": got.reply}]
+    turns = chat.batcher.turns
+    assert turns.hits == 0 and len(turns) == 2  # the BERT vocabulary does not re-read a reply as it was made
