@@ -102,7 +102,7 @@ class App:
     def __init__(self, args, workdir: Path, max_queue: int):
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        batch = ["--chat-batch", str(args.chat_batch)] if args.chat_batch else []
+        batch = ["--chat-batch", str(args.chat_batch)] if getattr(args, "chat_batch", 0) else []
         if args.real:
             cmd = [sys.executable, "app.py", "--port", str(self.port), "--max-queue", str(max_queue),
                    "--index", str(workdir / "library"), "--no-ocr", *batch, *args.extra]
@@ -126,7 +126,7 @@ class App:
         if self.images is None:
             self.images = sorted((workdir / "tiny" / "gallery" / "images").glob("*.png"))
         self.start_s = round(time.perf_counter() - t0, 1)
-        log(f"app on {self.url} (max queue {max_queue}, chat batch {args.chat_batch or 'default'}) ready in "
+        log(f"app on {self.url} (max queue {max_queue}, chat batch {getattr(args, 'chat_batch', 0) or 'default'}) ready in "
             f"{self.start_s} s")
 
     def _wait_ready(self, timeout: float) -> None:

@@ -18,3 +18,36 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
     except (OSError, AttributeError):
         return False
+
+
+_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages (clean file pages are dropped, read again on use)
+
+
+def release_file_pages(t) -> bool:
+    """Let the kernel take back the resident pages of a CPU tensor whose memory maps a file (the
+    weights of a memory-mapped checkpoint), after a one-off pass over all of it (e.g. making a
+    bf16 copy): only the parts used later are read back in. Nothing is lost (clean file pages are
+    re-read on the next touch); memory that does not map a file is left alone. False where it did
+    nothing (not Linux, not file-backed, an old kernel)."""
+    try:
+        if t.device.type != "cpu" or not t.is_contiguous():
+            return False
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        page = 4096
+        lo, hi = start - start % page, end + (-end) % page
+        backed = False
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                a, b = (int(x, 16) for x in fields[0].split("-"))
+                if a <= lo and hi <= b:
+                    backed = len(fields) >= 6 and fields[5].startswith("/")
+                    break
+        if not backed:
+            return False
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        return libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_PAGEOUT) == 0
+    except (OSError, AttributeError, ValueError):
+        return False

@@ -199,6 +199,9 @@ class StickerLLM(nn.Module):
             object.__setattr__(self, "_head", None)
             return
         object.__setattr__(self, "_head", head.weight.detach().to(dtype))
+        from stickerclip.runtime import release_file_pages
+
+        release_file_pages(head.weight)  # a mapped checkpoint's head: only the rows looked up come back
 
     def image_embeddings(self, feats: torch.Tensor) -> torch.Tensor:
         """(N, d) normalised StickerCLIP image features -> (N·n, H) input embeddings."""

@@ -597,3 +597,18 @@ def test_a_bf16_output_head_changes_the_logits_only_by_rounding(clip):
     m.set_head_dtype(None)
     with torch.no_grad():
         assert torch.equal(m.logits(h), full)
+
+
+def test_pages_of_a_mapped_file_are_given_back_and_read_again_intact(tmp_path):
+    import numpy as np
+
+    from stickerclip.runtime import release_file_pages
+
+    path = tmp_path / "weights.bin"
+    want = np.arange(300_000, dtype=np.float32)
+    want.tofile(path)
+    mapped = torch.from_numpy(np.memmap(path, dtype=np.float32, mode="c"))  # a private file mapping
+    assert float(mapped.sum()) == float(want.sum())  # every page touched
+    assert release_file_pages(mapped)
+    assert torch.equal(mapped, torch.from_numpy(want))  # read back from the file
+    assert not release_file_pages(torch.from_numpy(want.copy()))  # anonymous memory is left alone
