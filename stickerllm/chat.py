@@ -242,7 +242,8 @@ class StickerChat:
                 if kind == "end":
                     return
         finally:
-            reply.abandoned = True  # closed early: the batch drops it at its next step
+            if not reply.done:
+                reply.abandoned = True  # closed early: the batch drops it at its next step
 
     def _prefix(self):
         """(length, KV cache) of the prompt preamble (length 0 with a static decoder: no reuse)."""
