@@ -274,6 +274,7 @@ def _answer(service: StickerService, session: ChatSession, settings: ChatSetting
                     service.wait("chat", timeout=2.0)
                 except StillLoading:
                     continue
+        shown = None
         for update in service.chat(session, live.message, live.images, settings):
             if session.closed:  # a new chat replaced this one: what follows is not shown
                 return
@@ -281,7 +282,12 @@ def _answer(service: StickerService, session: ChatSession, settings: ChatSetting
             live.parts = update.parts
             if update.done:
                 session.live = None
-            yield render(session), gallery_items(views), views
+            ids = [v["id"] for v in views]
+            if ids == shown and not update.done:  # words only: the side gallery's files are not sent again
+                yield render(session), gr.skip(), gr.skip()
+            else:
+                shown = ids
+                yield render(session), gallery_items(views), views
     except (ValueError, TypeError, NotReady, Busy, StickerImageError, OSError) as exc:
         raise _error(exc) from exc
     finally:
@@ -323,10 +329,16 @@ def api_chat(service: StickerService, message: str, files, settings, session: Ch
     t0 = time.time()
     try:
         with session.answering:
+            shown = None
             for update in service.chat(session, message or "", files, s):
                 out = {"text": update.text, "stickers": public_views(update.stickers, CHAT_FIELDS), "done": update.done,
                        "reason": update.reason, "seconds": round(time.time() - t0, 3), "turns": len(session.history),
                        "tokens": update.tokens}
-                yield out, gallery_items(update.stickers), session
+                ids = [v["id"] for v in update.stickers]
+                if ids == shown and not update.done:  # words only: the gallery's files are not sent again
+                    yield out, gr.skip(), session
+                else:
+                    shown = ids
+                    yield out, gallery_items(update.stickers), session
     except (ValueError, TypeError, NotReady, Busy, StickerImageError, OSError) as exc:
         raise _error(exc) from exc
