@@ -172,7 +172,7 @@ def chat_turn(client, message: str, settings: dict) -> tuple[float, float, dict]
     while not job.done():
         if first is None and job.outputs():
             first = time.perf_counter() - t0
-        time.sleep(0.005)
+        time.sleep(0.02)  # 20 ms: the clients share the cores with the app they measure
     out = job.result()  # raises what the app raised
     done = time.perf_counter() - t0
     return (first if first is not None else done), done, out[0]

@@ -446,7 +446,9 @@ class BatchDecoder:
         special = torch.tensor([[f[1]] for f in feeds], device=dev)
         wanted = [i for i, f in enumerate(feeds) if f[2]]
         mask = torch.cat([batch.mask, batch.mask.new_ones(len(rows), 1)], 1)
-        out = m.hidden(m.embed_tokens(ids, special), attention_mask=mask, position_ids=batch.pos[:, None],
+        padded = not bool(batch.mask.all())  # no padding (one row, or rows of one length): the plain causal path
+        out = m.hidden(m.embed_tokens(ids, special), attention_mask=mask if padded else None,
+                       position_ids=batch.pos[:, None],
                        past_key_values=batch.cache, use_cache=True, query=bool(wanted))
         self.steps += 1
         self.row_steps += len(rows)
