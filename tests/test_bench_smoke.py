@@ -5,8 +5,9 @@ from bench import bench_clip_gpu
 def test_gpu_bench_script_runs_on_cpu_tiny(capsys):
     res = bench_clip_gpu.main(["--tiny", "--device", "cpu", "--batch", "4", "--steps", "1", "--warmup", "1",
                                "--no-compile"])
-    assert set(res) == {"device", "batch", "train", "encode"}
-    assert res["train"]["plain"] > 0 and res["encode"]["ours"] > 0
+    assert set(res) == {"device", "batch", "labels", "attention", "train", "encode"}
+    assert res["train"]["fp32"] > 0 and res["train"]["bf16_sdpa"] > 0 and res["encode"]["ours"] > 0
+    assert res["labels"]["bf16_sdpa"] == "transformers bf16 + SDPA" and res["encode"]["ratio_vs_fp32"] > 0
     assert "train (pairs/s)" in capsys.readouterr().out
 
 
@@ -35,8 +36,10 @@ def test_llm_benches_run_tiny(capsys):
     assert res["generate"]["tokens_per_s"] > 0 and res["chat_stream"]["tokens_per_s"] > 0
     assert res["ratio_tokens_per_s"] > 0 and res["retrieval_ms"] > 0 and res["index"] == 20
     res = bench_llm_gpu.main(["--tiny", "--device", "cpu", "--no-compile", "--tokens", "4", "--steps", "1",
-                              "--train-batch", "2"])
+                              "--train-batch", "2", "--sessions", "1,3"])
     assert res["decode_tokens_per_s"]["ratio"] > 0 and res["train"]["samples_per_s"] > 0
+    assert res["batched_tokens_per_s"]["1"] > 0 and res["batched_tokens_per_s"]["3"] > 0
+    assert res["batched_tokens_per_s"]["3_mean_batch"] > 1  # the three replies were decoded together
     assert "ratio chat_stream / generate" in capsys.readouterr().out
 
 
