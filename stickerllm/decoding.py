@@ -262,6 +262,11 @@ class TurnCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
     def put(self, key: tuple, rows: Rows) -> None:
         size = rows.nbytes()
         if size > self.max_bytes or not key:
@@ -338,6 +343,7 @@ class BatchDecoder:
             raise ValueError(f"max_batch must be >= 1 and max_waiting >= 0, got {max_batch} and {max_waiting}")
         self.model = model
         self.turns = TurnCache(turn_cache_bytes) if turn_cache_bytes > 0 else None
+        self._adapter_state = None  # the adapter weights the cached turns were computed with
         self.prefilled = 0  # prompt tokens prefilled
         self.max_batch = max_batch
         self.max_waiting = max_waiting
@@ -412,6 +418,10 @@ class BatchDecoder:
         t = lambda xs: torch.tensor([xs], dtype=torch.long, device=dev)  # noqa: E731
         n, cache = preamble_cache(m)
         prefix = (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids else None
+        state = (m.tok_in._version, m.tok_in.data_ptr(), m.w_c.weight._version, m.w_c.weight.data_ptr())
+        if self.turns is not None and state != self._adapter_state:  # new input rows (training): stale caches
+            self.turns.clear()
+            self._adapter_state = state
         held = self.turns.take(key, at_least=(prefix[0] if prefix else 0) + 1) if self.turns is not None else None
         if held is not None:
             prefix = (held[0], held[1].cache)

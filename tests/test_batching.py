@@ -220,13 +220,18 @@ def test_bad_batch_limits_are_refused(model):
         BatchDecoder(model, max_batch=0)
 
 
-def test_a_conversations_next_message_is_prefilled_from_its_last_reply():
-    """The turn cache: turn after turn, what the previous prompt and reply left in the KV cache is
-    reused (only the new part is prefilled), and the replies equal those decoded without it."""
+@pytest.fixture(scope="module")
+def plain_model():
     llm, tok = tiny_llm("gemma")  # no short sliding window: a cached start can be cut to what is shared
     torch.manual_seed(0)
-    m = StickerLLM(llm, tok, StickerLLMConfig(llm="tiny-gemma", clip="tiny"),
-                   clip=StickerCLIP(named_config("tiny")).eval()).eval()
+    return StickerLLM(llm, tok, StickerLLMConfig(llm="tiny-gemma", clip="tiny"),
+                      clip=StickerCLIP(named_config("tiny")).eval()).eval()
+
+
+def test_a_conversations_next_message_is_prefilled_from_its_last_reply(plain_model):
+    """The turn cache: turn after turn, what the previous prompt and reply left in the KV cache is
+    reused (only the new part is prefilled), and the replies equal those decoded without it."""
+    m = plain_model
     s = ChatSettings(temperature=0.0, max_new_tokens=6, min_new_tokens=6)
 
     def talk(chat):
@@ -260,3 +265,20 @@ def test_with_a_short_sliding_window_a_cached_turn_serves_only_a_prompt_that_ext
         history += [{"role": "user", "content": msg}, {"role": "assistant", "content": got.reply}]
     turns = chat.batcher.turns
     assert turns.hits == 0 and len(turns) == 2  # the BERT vocabulary does not re-read a reply as it was made
+
+
+def test_cached_turns_are_dropped_when_the_adapter_changes(plain_model):
+    m = plain_model
+    s = ChatSettings(temperature=0.0, max_new_tokens=3, min_new_tokens=3)
+
+    def two_turns(change):
+        chat = StickerChat(m)
+        done = list(chat.chat_stream("你好", settings=s))[-1]
+        if change:
+            with torch.no_grad():
+                m.tok_in.add_(0.0)  # an in-place change (a training step): the cached KV may be stale
+        history = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": done.reply}]
+        list(chat.chat_stream("晚安", history=history, settings=s))
+        return chat.batcher.turns.hits
+
+    assert two_turns(change=False) == 1 and two_turns(change=True) == 0
