@@ -20,6 +20,19 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
         return False
 
 
+def trim_freed_memory() -> bool:
+    """Return the heap's freed memory to the system now (glibc `malloc_trim(0)`). With
+    `keep_freed_memory` glibc no longer does this on its own, and loading leaves hundreds of MB of
+    temporaries freed but resident (parsing a 262k-word tokenizer's JSON, copying it: ~300 MB).
+    Call after loading, not in hot paths. False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
 _MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages (clean file pages are dropped, read again on use)
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 import torch.nn.functional as F
 
+from stickerclip.runtime import trim_freed_memory
+
 from .model import StickerLLM
 from .prompt import Encoded
 from .tokens import RET
@@ -376,7 +378,7 @@ class BatchDecoder:
             with self._cond:
                 if not rows and not self._waiting:
                     self._thread = None  # a later submit starts a new thread
-                    return
+                    break
                 joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch - len(rows)))]
             try:
                 batch, rows = self._admit(batch, rows, joining)
@@ -386,6 +388,7 @@ class BatchDecoder:
                 for r in {id(r): r for r in [*(s.row for s in rows), *(j[0] for j in joining)]}.values():
                     r.failed(exc)
                 batch, rows = None, []
+        trim_freed_memory()  # idle: the batch's freed KV caches go back to the system
 
     def _admit(self, batch: Rows | None, rows: list, joining: list) -> tuple[Rows | None, list]:
         parts = [batch] if batch is not None else []

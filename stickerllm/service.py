@@ -294,7 +294,7 @@ class StickerService:
         from stickerclip.index import IndexSet, StickerIndex
         from stickerclip.llm import cache_dir
         from stickerclip.factory import load_model
-        from stickerclip.runtime import keep_freed_memory
+        from stickerclip.runtime import keep_freed_memory, trim_freed_memory
 
         keep_freed_memory(256 << 20)  # convolution activations reuse freed memory, not fresh pages
         device = self._device()
@@ -330,6 +330,7 @@ class StickerService:
             for folder in self.library.folders():
                 self._add_root(folder)
             self.indexes = IndexSet([self.gallery, self.library])
+            trim_freed_memory()  # loading's temporaries (the tokenizer's JSON, the index build)
             self._set("search", Phase.READY, "ready")
             self._search_ready.set()
             self.log(f"search ready: {len(self.indexes)} stickers ({time.time() - t0:.1f} s)")
@@ -369,6 +370,9 @@ class StickerService:
             weights, head = precision(self.options.dtype, device)
             self.model = sllm.load(adapter, llm=self.options.llm, clip=self.clip, device=device, dtype=weights)
             self.model.set_head_dtype(head)
+            from stickerclip.runtime import trim_freed_memory
+
+            trim_freed_memory()  # the tokenizer copy's and the head copy's temporaries
             self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch,
                                            turn_cache_bytes=self.options.chat_cache_mb << 20)
             self._set("chat", Phase.READY, "ready")

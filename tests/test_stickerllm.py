@@ -612,3 +612,22 @@ def test_pages_of_a_mapped_file_are_given_back_and_read_again_intact(tmp_path):
     assert release_file_pages(mapped)
     assert torch.equal(mapped, torch.from_numpy(want))  # read back from the file
     assert not release_file_pages(torch.from_numpy(want.copy()))  # anonymous memory is left alone
+
+
+def test_freed_memory_goes_back_to_the_system():
+    from stickerclip.runtime import keep_freed_memory, trim_freed_memory
+
+    def anon_mib():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("RssAnon"))
+
+    keep_freed_memory(512 << 20)  # as the service sets it: freed blocks stay resident ...
+    try:
+        blocks = [bytearray(1 << 20) for _ in range(200)]  # 200 MiB of small (heap) blocks
+        before = anon_mib()
+        del blocks
+        kept = anon_mib()
+        assert trim_freed_memory()
+        assert kept - anon_mib() > 100 and before - kept < 100  # ... until trimmed
+    finally:
+        keep_freed_memory(256 << 20)  # what the service sets
