@@ -353,13 +353,14 @@ class BatchDecoder:
         self.row_steps = 0  # rows fed over those steps (row_steps / steps: the mean batch)
         self._cond = threading.Condition()
         self._waiting: collections.deque = collections.deque()
+        self._active = 0  # rows in the batch (as of the decoder's last look)
         self._thread: threading.Thread | None = None
 
     def submit(self, row: Row, enc: Encoded, feats: torch.Tensor | None = None) -> None:
         """Queue a reply to the prompt `enc` (its image features `feats`, (n, d) or None)."""
         with self._cond:
-            if len(self._waiting) >= self.max_waiting:
-                raise Busy(f"the chat is busy ({self.max_batch} replies decoding, {len(self._waiting)} "
+            if self._active + len(self._waiting) >= self.max_batch + self.max_waiting:
+                raise Busy(f"the chat is busy ({self._active} replies decoding, {len(self._waiting)} "
                            "waiting): try again in a moment")
             self._waiting.append((row, enc, feats))
             if self._thread is None:
@@ -377,9 +378,10 @@ class BatchDecoder:
         while True:
             with self._cond:
                 if not rows and not self._waiting:
-                    self._thread = None  # a later submit starts a new thread
+                    self._thread, self._active = None, 0  # a later submit starts a new thread
                     break
                 joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_batch - len(rows)))]
+                self._active = len(rows) + len(joining)
             try:
                 batch, rows = self._admit(batch, rows, joining)
                 if rows:

@@ -215,6 +215,17 @@ def test_nucleus_is_the_smallest_set_reaching_top_p():
     assert drawn == {3, 7}  # banned tokens never drawn, both allowed ones are
 
 
+def test_free_places_in_the_batch_take_a_burst_without_a_waiting_line(model):
+    chat = StickerChat(model, max_batch=4, max_waiting=0)
+    got = {}
+    threads = [threading.Thread(target=reply, args=(chat, i, got)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0, 1, 2, 3] and all(isinstance(got[i][-1], Done) for i in got)
+
+
 def test_bad_batch_limits_are_refused(model):
     with pytest.raises(ValueError, match="max_batch"):
         BatchDecoder(model, max_batch=0)
