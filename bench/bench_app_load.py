@@ -391,7 +391,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="sticker-load-") as tmp:
         tmp = Path(tmp)
         # one app for both phases when the load cannot fill the small queue (at most one request of
-        # each client waits, and chat runs one at a time, search four)
+        # each client waits)
         shared = bool(args.url) or args.chats + args.searches < args.shed_queue
         if args.versus_one and not args.url:  # the baseline first: the same load, one reply at a time
             one = argparse.Namespace(**{**vars(args), "chat_batch": 1})
