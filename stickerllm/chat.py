@@ -26,7 +26,7 @@ import torch
 from stickerclip.index import BETA
 
 from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
-                       greedy_batch, pick, preamble_cache, with_prefix)
+                       greedy_batch, pick, preamble_cache, preamble_prefix, with_prefix)
 from .model import StickerLLM
 from .prompt import Encoded
 from .tokens import END_RET, RET, SPECIAL_TOKENS
@@ -245,22 +245,14 @@ class StickerChat:
             if not reply.done:
                 reply.abandoned = True  # closed early: the batch drops it at its next step
 
-    def _prefix(self):
-        """(length, KV cache) of the prompt preamble (length 0 with a static decoder: no reuse)."""
-        return (0, None) if isinstance(self.decoder, StaticDecoder) else preamble_cache(self.model)
-
     @torch.inference_mode()
     def _alone(self, reply: "Reply", enc: Encoded, feats):
         """Decode one reply with `self.decoder`, yielding its events."""
         m = self.model
-        dev = m.device
-        img = m.image_embeddings(feats.to(dev)) if feats is not None and len(feats) else None
-        t = lambda xs: torch.tensor([xs], dtype=torch.long, device=dev)  # noqa: E731
-        n, cache = self._prefix()
-        decoder = self.decoder
+        decoder = self.decoder  # a static cache starts from nothing: no preamble reuse
         if not isinstance(decoder, StaticDecoder):
-            decoder = DynamicDecoder(m, (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids else None)
-        h = decoder.start(m.embed(t(enc.ids), t(enc.special), t(enc.slot), img))
+            decoder = DynamicDecoder(m, preamble_prefix(m, enc))
+        h = decoder.start(m.left_padded([enc], [feats])[0])
         while True:
             if decoder.full(2):  # a static cache is full: the reply ends as if at max_new_tokens
                 feed = reply.end("length")

@@ -54,6 +54,12 @@ def preamble_cache(model: StickerLLM):
     return held[1]
 
 
+def preamble_prefix(model: StickerLLM, enc: Encoded):
+    """(length, KV cache) of the preamble where `enc` starts with it, else None (for one decoder)."""
+    n, cache = preamble_cache(model)
+    return (n, cache) if n and enc.ids[:n] == model.builder.preamble().ids else None
+
+
 def with_prefix(model: StickerLLM, encs: list[Encoded]):
     """(prefix length, a copy of its KV cache for len(encs) rows, the sequences after it): where every
     sequence starts with the preamble and goes past it; else (0, None, encs)."""
@@ -419,10 +425,7 @@ class BatchDecoder:
         preamble's cache."""
         m = self.model
         dev = m.device
-        img = m.image_embeddings(feats.to(dev)) if feats is not None and len(feats) else None
-        t = lambda xs: torch.tensor([xs], dtype=torch.long, device=dev)  # noqa: E731
-        n, cache = preamble_cache(m)
-        prefix = (n, cache) if n and enc.ids[:n] == m.builder.preamble().ids else None
+        prefix = preamble_prefix(m, enc)
         state = (m.tok_in._version, m.tok_in.data_ptr(), m.w_c.weight._version, m.w_c.weight.data_ptr())
         if self.turns is not None and state != self._adapter_state:  # new input rows (training): stale caches
             self.turns.clear()
@@ -431,7 +434,7 @@ class BatchDecoder:
         if held is not None:
             prefix = (held[0], held[1].cache)
         dec = DynamicDecoder(m, prefix, copy_prefix=held is None)
-        h = dec.start(m.embed(t(enc.ids), t(enc.special), t(enc.slot), img))
+        h = dec.start(m.left_padded([enc], [feats])[0])
         self.prefilled += len(enc) - (prefix[0] if prefix and len(enc) > prefix[0] else 0)
         return Rows(dec.cache, torch.ones((1, len(enc)), dtype=torch.long, device=dev),
                     torch.tensor([len(enc)], device=dev), h)

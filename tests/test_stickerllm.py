@@ -11,6 +11,7 @@ from PIL import Image
 from stickerclip.data import StickerRecord
 from stickerclip.model import StickerCLIP, named_config
 from stickerllm.chat import ChatSettings, Done, Retrieval, StickerChat, TextChunk
+from stickerllm.decoding import preamble_prefix
 from stickerllm.model import StickerLLM, StickerLLMConfig, load
 from stickerllm.prompt import PromptBuilder
 from stickerllm.tokens import END_IMG, END_RET, IMG, PRET, RET, SPECIAL_TOKENS, add_special_tokens
@@ -284,7 +285,7 @@ def test_greedy_chat_equals_the_frozen_llm_generate(family, clip):
     # the decoding guards off: the frozen LLM's own greedy choice, token for token, up to the line's end
     s = ChatSettings(temperature=0.0, max_new_tokens=12, min_new_tokens=12, **NO_GUARDS)
     enc, _, _ = chat.encode("今天天气怎么样", settings=s)
-    assert chat._prefix()[0] == len(m.builder.preamble()) > 100  # the few-shot preamble is run once
+    assert preamble_prefix(m, enc)[0] == len(m.builder.preamble()) > 100  # the few-shot preamble is run once
     text = "".join(e.text for e in chat.chat_stream("今天天气怎么样", settings=s) if isinstance(e, TextChunk))
     ref = m.frozen_generate([enc], 12, chat._stop_ids, min_new_tokens=12)[0]
     expected = m.tokenizer.decode(ref, skip_special_tokens=True).split("\n")[0]
