@@ -347,6 +347,7 @@ class IndexAdder(IndexStore):
         if has:
             self._ocr_pos = np.concatenate([self._ocr_pos, start + np.asarray(has, np.int64)])
             self._ocr_vecs = np.concatenate([self._ocr_vecs, ocr_vecs[has]])
+            self._ocr_texts = self._ocr_texts + [texts[i] for i in has]
         self._vec.add(vecs, all_vectors=lambda: self._vectors_of(self._rows))
         self._hash_cache = None
 

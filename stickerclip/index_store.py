@@ -54,8 +54,8 @@ class IndexStore:
     """Stickers (image vectors in faiss, metadata in SQLite) in one directory. Thread-safe.
 
     In memory, for search: `_rows` (SQLite row of each position), `_ids`, `_pos_by_id`, `_style`
-    and `_emo_bits` (filter arrays), `_ocr_pos` / `_ocr_vecs` (positions with OCR text and their
-    text vectors) and `_vec` (the faiss index over image vectors, by position)."""
+    and `_emo_bits` (filter arrays), `_ocr_pos` / `_ocr_vecs` / `_ocr_texts` (positions with OCR text, their
+    text vectors and texts) and `_vec` (the faiss index over image vectors, by position)."""
 
     def __init__(self, directory: Path, model, conn: sqlite3.Connection, ocr: bool, exact_max: int):
         self.directory = directory
@@ -149,10 +149,10 @@ class IndexStore:
     # ----------------------------------------------------------------------- in-memory state
     def _load_state(self) -> None:
         """Positions, filter arrays and OCR vectors from SQLite; the faiss index from its file."""
-        rows, ids, styles, emos, ocr_pos, ocr_vecs = [], [], [], [], [], []
-        cur = self.db.execute("SELECT row, id, style, auto_style, emotions, auto_emotions, ocr_vec FROM stickers "
+        rows, ids, styles, emos, ocr_pos, ocr_vecs, ocr_texts = [], [], [], [], [], [], []
+        cur = self.db.execute("SELECT row, id, style, auto_style, emotions, auto_emotions, ocr_vec, ocr FROM stickers "
                               "ORDER BY row")
-        for pos, (row, sid, style, astyle, em, aem, ovec) in enumerate(cur):
+        for pos, (row, sid, style, astyle, em, aem, ovec, ocr) in enumerate(cur):
             rows.append(row)
             ids.append(sid)
             styles.append(style or astyle)
@@ -160,6 +160,7 @@ class IndexStore:
             if ovec is not None:
                 ocr_pos.append(pos)
                 ocr_vecs.append(np.frombuffer(ovec, np.float32))
+                ocr_texts.append(ocr or "")
         self._rows = np.asarray(rows, np.int64)
         self._ids = ids
         self._pos_by_id = {s: i for i, s in enumerate(ids)}
@@ -167,6 +168,7 @@ class IndexStore:
         self._emo_bits = np.asarray([emotion_bits(e) for e in emos], np.int64).reshape(-1)
         self._ocr_pos = np.asarray(ocr_pos, np.int64)
         self._ocr_vecs = np.stack(ocr_vecs) if ocr_vecs else np.zeros((0, self.dim), np.float32)
+        self._ocr_texts = ocr_texts
         self._vec = self._load_vectors()
 
     def _load_vectors(self) -> VectorIndex:

@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from stickerclip.data import StickerRecord, read_folder
 from stickerclip.images import UnreadableImageError
-from stickerclip.index import IndexModelMismatch, StickerIndex
+from stickerclip.index import IndexModelMismatch, IndexSet, StickerIndex
+from stickerclip.index_search import LEXICAL, lexical_similarity
 from stickerclip.factory import load_model
 from stickerclip.vectors import VectorIndex
 from devkit.imagegen import animated_bytes, png_bytes
@@ -212,9 +213,15 @@ def test_records_filters_exclude_safe_and_hybrid_scores(tmp_path, tiny):
     q = "谢谢老板"
     qt = tiny.encode_texts([q])[0]
     ocr_v = {r.id: tiny.encode_texts([r.ocr])[0] for r in recs if r.ocr}
+    lex = {r.id: lexical_similarity(q, r.ocr) for r in recs if r.ocr}
+    assert lex == {"dog": 0.0, "boss": 1.0, "icon": 0.0}
+
+    def ocr_sim(sid):
+        return (1 - LEXICAL) * float(ocr_v[sid] @ qt) + LEXICAL * lex[sid]
+
     for beta in (0.3, 5.0):
         hits = idx.search(text=q, k=10, beta=beta, safe=False)
-        expect = {r.id: float(img[i] @ qt) + (beta * float(ocr_v[r.id] @ qt) if r.ocr else 0.0)
+        expect = {r.id: float(img[i] @ qt) + (beta * ocr_sim(r.id) if r.ocr else 0.0)
                   for i, r in enumerate(recs)}
         assert [h.id for h in hits] == sorted(expect, key=lambda i: -expect[i])
         for h in hits:
@@ -234,9 +241,17 @@ def test_records_filters_exclude_safe_and_hybrid_scores(tmp_path, tiny):
     qi = img[1]
     for h in both:
         i = [r.id for r in recs].index(h.id)
-        t = float(img[i] @ qt) + (0.3 * float(ocr_v[h.id] @ qt) if recs[i].ocr else 0.0)
+        t = float(img[i] @ qt) + (0.3 * ocr_sim(h.id) if recs[i].ocr else 0.0)
         assert h.score == pytest.approx(0.5 * t + 0.5 * float(img[i] @ qi), abs=1e-4)
     assert idx.search(image=recs[2].image, k=1)[0].id == "boss"
+    # precomputed vectors (the chat's query) have no words: the embeddings' cosine alone
+    bare = idx.search(k=10, query_vectors=(qt, None), safe=False)
+    assert {h.id: h.score for h in bare}["boss"] == pytest.approx(float(img[2] @ qt) + 0.3 * float(ocr_v["boss"] @ qt),
+                                                                   abs=1e-4)
+    # several indexes searched as one score as one index does, words included
+    merged = IndexSet([idx]).search(text=q, k=10, safe=False)
+    assert [(h.id, round(h.score, 5)) for h in merged] == [(h.id, round(h.score, 5))
+                                                           for h in idx.search(text=q, k=10, safe=False)]
     with pytest.raises(ValueError, match="text, an image"):
         idx.search(text="  ")
     hit = idx.get("dog")
@@ -432,3 +447,14 @@ def test_service_reindexes_the_library_when_the_model_changes(tmp_path, monkeypa
     assert len(second.library) == 1 and second.library.directory != first.library.directory
     assert any("re-indexing your library" in m for m in logs)
     assert len(first.library) == 1  # the old index is kept
+
+
+def test_lexical_similarity_finds_a_caption_by_its_words():
+    assert lexical_similarity("晚安", "晚安") == 1.0
+    assert lexical_similarity("晚安！", " 晚 安") == 1.0  # punctuation and spaces do not count
+    assert lexical_similarity("ＯＫ", "ok") == 1.0  # width and case folded
+    assert lexical_similarity("晚安", "早上好") == 0.0
+    assert lexical_similarity("", "晚安") == lexical_similarity("晚安", "") == 0.0
+    # {晚, 安, 晚安} and {晚, 安, 啦, 晚安, 安啦}: 2·3 / (3 + 5)
+    assert lexical_similarity("晚安", "晚安啦") == pytest.approx(0.75)
+    assert lexical_similarity("晚安", "晚安啦") > lexical_similarity("晚安", "晚上吃啥")
