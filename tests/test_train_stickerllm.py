@@ -248,3 +248,28 @@ def test_read_split_reports_unreadable_records_and_drops_unusable_stickers(tmp_p
     assert [r.id for r in read_split(tmp_path, "train", said.append, keep_usable=True)] == ["ok"]
     err = capsys.readouterr().err
     assert err.startswith("skipped: ") and "broken.png" in err  # the sticker that does not load
+
+
+def test_natural_messages_ask_for_stickers_or_do_not():
+    import random as _random
+
+    from train import natural
+
+    concepts = {"cat": {"name_zh": "猫脸", "name_en": "cat face", "keywords_zh": ["猫", "宠物"],
+                        "keywords_en": ["cat", "pet"], "emotions": ["smiling"]},
+                "sleepy": {"name_zh": "困", "name_en": "sleepy face", "keywords_zh": ["睡", "累"],
+                           "keywords_en": ["sleep", "tired"], "emotions": []}}
+    held_out = {r["text"] for r in natural.natural_eval()}
+    asks = natural.requests(concepts, 200, _random.Random(0))
+    assert all(m.sticker and m.concepts for m in asks)
+    assert {"cat", "sleepy"} <= {k for m in asks for k in m.concepts}
+    others = natural.non_requests(concepts, 400, _random.Random(0))
+    assert not any(m.sticker or m.concepts for m in others)
+    everyday = [m for m in others if not any(w in m.text for w in ("猫", "困", "cat", "sleepy", "宠物", "睡", "累",
+                                                                   "pet", "sleep", "tired", "微笑"))]
+    assert 0.25 < len(everyday) / len(others) < 0.55  # about everyday_share of them name no subject
+    assert {m.lang for m in everyday} == {"zh", "en"}
+    assert not {m.text for m in asks + others} & held_out  # the held-out prompts are never generated
+    again = natural.non_requests(concepts, 400, _random.Random(0))
+    assert [m.text for m in again] == [m.text for m in others]
+    assert all(not m.concepts for m in natural.non_requests(concepts, 50, _random.Random(1), everyday_share=1.0))

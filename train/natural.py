@@ -7,7 +7,8 @@ English, typos and emoji. This module writes such messages for training, from a 
 
 - `requests`: sticker requests, each with the concepts it asks for (the W_t targets);
 - `non_requests`: questions and tasks, many of them about the very subjects of stickers (`猫能活多少年？`),
-  so that naming a subject does not by itself mean "send a sticker".
+  so that naming a subject does not by itself mean "send a sticker", and everyday ones (`怎么办信用卡？`,
+  `how do I renew my passport?`) about nothing a sticker shows.
 
 The held-out evaluation set (train/data/natural_eval.jsonl) is written by hand; nothing here reads it.
 """
@@ -66,6 +67,40 @@ NON_REQUEST_ZH = ["{}是什么意思？", "{}用英语怎么说", "{}有什么�
 NON_REQUEST_EN = ["what is a {}?", "how do you draw a {}?", "tell me a fact about {}", "how do you say {} in Chinese?",
                   "what's the history of {}?", "write one sentence about {}", "is {} a noun or a verb?"]
 
+# everyday questions and tasks, none about a sticker subject: (template, fillers), zh and en
+EVERYDAY_ZH = [
+    ("{}坏了怎么办", ["洗衣机", "打印机", "路由器", "耳机", "充电器", "电脑键盘", "热水器", "门锁"]),
+    ("{}一般几点开门？", ["银行", "邮局", "图书馆", "药店", "博物馆", "健身房", "营业厅", "菜市场"]),
+    ("从北京去{}坐高铁要多久", ["上海", "广州", "成都", "杭州", "西安", "南京", "武汉", "青岛"]),
+    ("怎么{}？", ["办信用卡", "申请签证", "换驾照", "交水电费", "退快递", "改微信密码", "备份手机照片", "写简历",
+                "订酒店", "网上挂号", "开发票", "查社保"]),
+    ("推荐几部好看的{}", ["纪录片", "悬疑剧", "历史书", "播客", "推理小说", "科幻电影"]),
+    ("{}有什么区别？", ["股票和基金", "病毒和细菌", "简体字和繁体字", "公积金和社保", "硬盘和内存", "利率和汇率"]),
+    ("帮我算一下{}", ["37乘以12", "一百除以七", "三百块打八五折是多少", "二的十次方", "每月存五百，一年多少钱"]),
+    ("{}翻译成英文怎么说", ["会议推迟到下周", "请把文件发给我", "这道菜有点辣", "我想退票"]),
+    ("明天{}天气怎么样", ["深圳", "重庆", "哈尔滨", "厦门", "昆明"]),
+    ("用Python怎么{}", ["读取文件", "给列表排序", "合并两个字典", "发HTTP请求", "处理日期"]),
+    ("{}", ["帮我写一封请假邮件", "总结一下这段话的要点", "周末去哪里玩比较好", "高血压饮食要注意什么",
+            "租房合同要注意哪些条款", "一个月学会游泳可能吗", "飞机上可以带充电宝吗", "感冒了能喝咖啡吗"]),
+]
+EVERYDAY_EN = [
+    ("how do I fix a broken {}?", ["printer", "router", "zipper", "door hinge", "bike chain", "laptop hinge"]),
+    ("what time does the {} usually open?", ["bank", "post office", "library", "pharmacy", "museum", "gym"]),
+    ("how do I {}?", ["renew my passport", "apply for a credit card", "back up my photos", "write a cover letter",
+                      "reset my email password", "file my taxes", "book a cheap flight", "cancel a subscription"]),
+    ("recommend some good {}", ["documentaries", "mystery novels", "podcasts about history", "board games",
+                                "hiking trails near the city"]),
+    ("what's the difference between {}?", ["a virus and bacteria", "stocks and bonds", "RAM and storage",
+                                           "a latte and a cappuccino", "affect and effect"]),
+    ("what is {}?", ["15% of 80", "12 times 14", "the square root of 144", "100 miles in kilometers",
+                     "a leap year"]),
+    ("translate '{}' into Chinese", ["the meeting is moved to Friday", "where is the train station",
+                                     "I would like a refund"]),
+    ("how do you {} in Python?", ["read a CSV file", "sort a dictionary", "reverse a string", "parse JSON"]),
+    ("{}", ["write a short email asking for a day off", "summarize the plot of Hamlet", "what should I cook tonight",
+            "is it safe to run every day", "explain compound interest simply", "can I bring a power bank on a plane"]),
+]
+
 
 @dataclass
 class Message:
@@ -123,12 +158,22 @@ def requests(concepts: dict[str, dict], n: int, rng: random.Random) -> list[Mess
     return out
 
 
-def non_requests(concepts: dict[str, dict], n: int, rng: random.Random) -> list[Message]:
-    """`n` questions and tasks about sticker subjects that do not ask for a sticker."""
+def everyday(rng: random.Random, lang: str) -> Message:
+    """One everyday question or task (directions, how-tos, sums, translation, code), no sticker subject."""
+    template, fillers = rng.choice(EVERYDAY_ZH if lang == "zh" else EVERYDAY_EN)
+    return Message(template.format(rng.choice(fillers)), lang, False)
+
+
+def non_requests(concepts: dict[str, dict], n: int, rng: random.Random, everyday_share: float = 0.4) -> list[Message]:
+    """`n` messages that do not ask for a sticker: questions and tasks about sticker subjects, and
+    (`everyday_share` of them) everyday questions about nothing a sticker shows."""
     vague = vague_keywords(concepts)
     keys = sorted(concepts)
     out = []
     for _ in range(n):
+        if rng.random() < everyday_share:
+            out.append(everyday(rng, rng.choice(("zh", "en"))))
+            continue
         zh, en = _words(concepts[rng.choice(keys)], vague)
         if rng.random() < 0.5:
             out.append(Message(rng.choice(NON_REQUEST_ZH).format(rng.choice(zh[:2])), "zh", False))
