@@ -11,7 +11,7 @@ from PIL import Image
 from stickerclip import efficientnet as en
 from stickerclip.augment import sticker_look
 from stickerclip.data import read_jsonl
-from stickerclip.loss import clip_loss, multi_positive_loss
+from stickerclip.loss import clip_loss, image_pair_loss, multi_positive_loss
 from stickerclip.metrics import first_relevant_ranks, precision_at
 from train import build_multistyle, emoji_styles, query_forms as qf
 from train import build_open_stickers as bos
@@ -173,6 +173,50 @@ def test_multi_positive_loss_reduces_to_clip_loss_and_shares_targets():
     assert multi_positive_loss(img, txt2, scale, both) < multi_positive_loss(img, txt2, scale, eye) - 0.1
 
 
+def test_image_pair_loss_pulls_a_concepts_styles_together():
+    torch.manual_seed(0)
+    img, scale = torch.randn(6, 8), torch.tensor(3.0)
+    same = torch.tensor([[a // 2 == b // 2 for b in range(6)] for a in range(6)])  # pairs (0,1) (2,3) (4,5)
+    paired = img.clone()
+    paired[1::2] = paired[0::2] + 0.05 * torch.randn(3, 8)
+    assert image_pair_loss(paired, scale, same) < image_pair_loss(img, scale, same) - 1.0
+    # itself is never a positive: an identity `same` has no pairs and no loss
+    assert image_pair_loss(img, scale, torch.eye(6, dtype=torch.bool)).item() == 0.0
+    # a row without a positive does not count; a row with one does: the loss has a gradient for it
+    one = torch.eye(6, dtype=torch.bool)
+    one[0, 1] = one[1, 0] = True
+    x = img.clone().requires_grad_(True)
+    image_pair_loss(x, scale, one).backward()
+    assert x.grad[0].abs().sum() > 0 and x.grad[1].abs().sum() > 0
+
+
+def test_pair_batches_hold_one_concept_in_two_styles():
+    from types import SimpleNamespace as R
+
+    from train.train_stickerclip_views import pair_sampler
+
+    train = [R(concept=c, art=a) for c in "abcdef" for a in ("twemoji", "noto")] + [R(concept="g", art="noto")]
+    batch = pair_sampler(train, 8, random.Random(0))()
+    assert len(batch) == 8
+    pairs = [(train[i], train[j]) for i, j in zip(batch[::2], batch[1::2])]
+    assert len({a.concept for a, _ in pairs}) == 4
+    for a, b in pairs:
+        assert a.concept == b.concept and (a.art != b.art or a.concept == "g")
+    assert pair_sampler(train[-1:], 8, random.Random(0))() == [0, 0]  # a lone sticker pairs with itself
+
+
+def test_form_weights_change_what_training_draws():
+    w = qf.parse_weights("emotion=0.5, ocr=0")
+    assert w["emotion"] == 0.5 and w["ocr"] == 0.0 and w["name"] == qf.FORM_WEIGHTS["name"]
+    with pytest.raises(ValueError, match="'feelings=1'.*the forms are"):
+        qf.parse_weights("feelings=1")
+    with pytest.raises(ValueError, match="FORM=NUMBER"):
+        qf.parse_weights("emotion=lots")
+    forms = {"name": ["猫脸"], "emotion": ["开心"]}
+    rng = random.Random(0)
+    assert {qf.draw(forms, rng, {"name": 0.0, "emotion": 1.0}) for _ in range(50)} == {"开心"}
+
+
 def test_first_relevant_ranks_and_precision():
     g = np.eye(4, dtype=np.float32)
     q = np.array([[0, 0.9, 0.1, 0], [1, 0.5, 0, 0]], np.float32)
@@ -236,6 +280,16 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
              "--views", "2", "--steps", "2", "--batch-size", "16", "--eval-every", "5", "--quiet"])
     log2 = (tmp_path / "run" / "log.jsonl").read_text()
     assert "views from" in log2
+    # concept pairs across styles with the image-image loss
+    res = tv.main(["--data", str(out), "--out", str(tmp_path / "pairs"), "--init", str(tmp_path / "init"),
+                   "--cache", str(tmp_path / "run" / "cache"), "--views", "2", "--steps", "3", "--batch-size", "8",
+                   "--eval-every", "3", "--style-pairs", "--i2i-weight", "0.5", "--form-weights", "emotion=0.3",
+                   "--quiet"])
+    first = json.loads((tmp_path / "pairs" / "log.jsonl").read_text().splitlines()[0])
+    assert first["style_pairs"] and first["i2i_weight"] == 0.5 and first["form_weights"]["emotion"] == 0.3
+    assert res["best"]["step"] == 3
+    with pytest.raises(SystemExit):
+        tv.parse_args(["--data", "d", "--out", "o", "--i2i-weight", "0.5"])  # needs --style-pairs
     monkeypatch.setattr(eval_stickerclip, "load_model", lambda src, **kw: real(src, llm=llm_pair))
     got = eval_stickerclip.main(["--model", str(tmp_path / "run"), "--data", str(out), "--split", "test",
                                  "--report", str(tmp_path / "rep")])

@@ -21,7 +21,22 @@ TRAIN_REQUESTS_ZH = ["来个{}的表情", "{}的表情包", "发个{}", "有没�
 TRAIN_REQUESTS_EN = ["send me a {} sticker", "{} emoji", "a {} sticker please", "{}"]
 EVAL_REQUESTS_ZH = ["给我找个{}的图", "求一张{}"]
 EVAL_REQUESTS_EN = ["find me a {} one", "got any {} stickers?"]
+
 MAX_SHARED = 25  # keywords shared by more concepts than this (脸, 手, 人) are too vague to train on
+
+
+def parse_weights(spec: str) -> dict[str, float]:
+    """FORM_WEIGHTS with some forms changed: "emotion=0.3,ocr=0.2" (unknown forms are an error)."""
+    out = dict(FORM_WEIGHTS)
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, value = part.partition("=")
+        if name not in FORMS:
+            raise ValueError(f"form weight {part!r}: the forms are {', '.join(FORMS)}")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"form weight {part!r}: expected FORM=NUMBER") from None
+    return out
 
 
 def emotion_words(keys: list[str]) -> list[str]:
@@ -67,10 +82,11 @@ def record_forms(rec: StickerRecord, c: dict | None, vague: set[str] = frozenset
     return {k: v for k, v in forms.items() if v}
 
 
-def draw(forms: dict[str, list[str]], rng: random.Random) -> str:
-    """One training text: a form by FORM_WEIGHTS, then a text of it uniformly."""
+def draw(forms: dict[str, list[str]], rng: random.Random, weights: dict[str, float] | None = None) -> str:
+    """One training text: a form by `weights` (default FORM_WEIGHTS), then a text of it uniformly."""
     names = list(forms)
-    form = rng.choices(names, weights=[FORM_WEIGHTS.get(n, 0.1) for n in names])[0]
+    weights = FORM_WEIGHTS if weights is None else weights
+    form = rng.choices(names, weights=[weights.get(n, 0.1) for n in names])[0]
     return rng.choice(forms[form])
 
 

@@ -4,13 +4,16 @@ many art styles, the words people type, sticker-looking augmentations.
     python -m train.train_stickerclip_views --data MULTISTYLE_DIR --out OUT [--init default]
         [--tune-from 14 | --mode freeze-vision] [--views 6] [--steps 1500] [--batch-size 256]
         [--lr 1e-3] [--lr-vision 1e-4] [--cache DIR] [--eval-every 250]
+        [--style-pairs --i2i-weight 0.5] [--form-weights emotion=0.3]
 
 Stage 1 caches, for every training sticker, `--views` pictures (the clean one and sticker-looking
 augmentations, `stickerclip.augment`) through the frozen bottom of the image tower (blocks below
 `--tune-from`), and the frozen LLM's pooled state of every text view (`train.query_forms`). Stage 2
 trains the image tower's top blocks and head, both projections and the temperature with the
 multi-positive InfoNCE (`stickerclip.loss`): a text's positives are every sticker of the batch it
-fits. `--mode freeze-vision` trains only the projections (Table 1's freeze-vision row). The best
+fits. `--style-pairs` fills a batch with pairs of one concept drawn in two art styles, and
+`--i2i-weight` adds an image-image InfoNCE between them (`stickerclip.loss.image_pair_loss`), which
+trains searching by a sticker drawn in another style. `--mode freeze-vision` trains only the projections (Table 1's freeze-vision row). The best
 validation step (mean MR of the name, keyword and English queries and cross-style image search on
 the valid split) is saved to OUT; OUT/log.jsonl is the log. `--data` is a corpus of
 `train.build_multistyle` (train/valid.jsonl, concepts.json).
@@ -32,7 +35,7 @@ import torch
 
 from stickerclip.augment import sticker_look
 from stickerclip.data import read_jsonl
-from stickerclip.loss import multi_positive_loss
+from stickerclip.loss import image_pair_loss, multi_positive_loss
 from stickerclip.factory import load_model
 from stickerclip.runtime import keep_freed_memory
 from train import query_forms as qf
@@ -57,9 +60,21 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default=None, help="folder for the cached views and text states")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training stickers")
+    ap.add_argument("--style-pairs", action="store_true",
+                    help="batches of concept pairs, two stickers of one concept in different art styles")
+    ap.add_argument("--i2i-weight", type=float, default=0.0,
+                    help="weight of the image-image loss between a pair's stickers (with --style-pairs)")
+    ap.add_argument("--form-weights", default="", help='change how often forms are drawn: "emotion=0.3,ocr=0.2"')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.i2i_weight and not args.style_pairs:
+        ap.error("--i2i-weight needs --style-pairs (a batch must hold stickers that share a concept)")
+    try:
+        args.form_weights = qf.parse_weights(args.form_weights)
+    except ValueError as e:
+        ap.error(f"--form-weights: {e}")
+    return args
 
 
 @torch.inference_mode()
@@ -151,7 +166,8 @@ def setup(args) -> Run:
     if start is not None and not 0 <= start <= n_blocks:
         raise SystemExit(f"--tune-from {start}: the image tower has {n_blocks} blocks")
     log(f"training on {len(train)} stickers ({len(concepts)} concepts), validating on {len(valid)}",
-        mode=args.mode, tune_from=start, holdout=holdout)
+        mode=args.mode, tune_from=start, holdout=holdout,
+        style_pairs=args.style_pairs, i2i_weight=args.i2i_weight, form_weights=args.form_weights)
     return Run(args, out, cache, log, train, valid, concepts, holdout, model, freeze, start)
 
 
@@ -209,6 +225,26 @@ def make_optimizer(run: Run) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, betas=(0.9, 0.98), eps=1e-6)
 
 
+def pair_sampler(train: list, batch_size: int, rng: random.Random) -> Callable[[], list[int]]:
+    """Batches of batch_size // 2 distinct concepts, each with two of its stickers, in two different art
+    styles where the concept has them (otherwise two stickers, or one sticker twice)."""
+    by_concept: dict[str, list[int]] = {}
+    for i, r in enumerate(train):
+        by_concept.setdefault(r.concept, []).append(i)
+    keys = sorted(by_concept)
+
+    def batch() -> list[int]:
+        out = []
+        for c in rng.sample(keys, min(batch_size // 2, len(keys))):
+            members = by_concept[c]
+            a = rng.choice(members)
+            others = [j for j in members if train[j].art != train[a].art] or [j for j in members if j != a] or [a]
+            out += [a, rng.choice(others)]
+        return out
+
+    return batch
+
+
 def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[float, dict, dict | None]:
     """Stage 2: contrastive training (warm-up, cosine decay), validated every --eval-every steps.
     Returns (the last loss, the best validation, the best weights)."""
@@ -216,6 +252,7 @@ def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[fl
     base_lrs = [g["lr"] for g in opt.param_groups]
     warm = max(1, args.steps // 20)
     rng = random.Random(args.seed)
+    pairs = pair_sampler(train, args.batch_size, rng) if args.style_pairs else None
     best, best_state = {"score": -1.0}, None
     model.train()
     t0 = time.time()
@@ -223,14 +260,18 @@ def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[fl
         scale = min(1.0, step / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, step / args.steps)))
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
-        idx = rng.sample(range(len(train)), min(args.batch_size, len(train)))
+        idx = pairs() if pairs else rng.sample(range(len(train)), min(args.batch_size, len(train)))
         x = torch.from_numpy(inputs.maps[[rng.choice(inputs.rows_of[i]) for i in idx]].astype(np.float32))
-        batch_texts = [qf.draw(inputs.forms[i], rng) for i in idx]
+        batch_texts = [qf.draw(inputs.forms[i], rng, args.form_weights) for i in idx]
         h = torch.from_numpy(np.stack([inputs.states[t] for t in batch_texts]))  # (B, H)
         positives = torch.tensor([[t in inputs.viewsets[j] for j in idx] for t in batch_texts])  # (B texts, B images)
         img = model.visual_projection(x) if run.freeze else model.image_features_from_trunk(x, run.start)  # (B, D)
         txt = model.text_projection(torch.nn.functional.dropout(h, args.text_dropout))  # (B, D)
         loss = multi_positive_loss(img, txt, model.logit_scale, positives)
+        if args.i2i_weight:
+            concept = [train[i].concept for i in idx]
+            same = torch.tensor([[a == b for b in concept] for a in concept])  # (B, B)
+            loss = loss + args.i2i_weight * image_pair_loss(img, model.logit_scale, same)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
