@@ -453,8 +453,8 @@ def test_lexical_similarity_finds_a_caption_by_its_words():
     assert lexical_similarity("晚安", "晚安") == 1.0
     assert lexical_similarity("晚安！", " 晚 安") == 1.0  # punctuation and spaces do not count
     assert lexical_similarity("ＯＫ", "ok") == 1.0  # width and case folded
+    assert lexical_similarity("晚安", "晚安啦") == pytest.approx(2 / 3)  # a run of the caption: its share
+    assert lexical_similarity("来个晚安", "晚安") == pytest.approx(1 / 2)  # or the caption a run of the query
     assert lexical_similarity("晚安", "早上好") == 0.0
-    assert lexical_similarity("", "晚安") == lexical_similarity("晚安", "") == 0.0
-    # {晚, 安, 晚安} and {晚, 安, 啦, 晚安, 安啦}: 2·3 / (3 + 5)
-    assert lexical_similarity("晚安", "晚安啦") == pytest.approx(0.75)
-    assert lexical_similarity("晚安", "晚安啦") > lexical_similarity("晚安", "晚上吃啥")
+    assert lexical_similarity("笑死我了", "吓死我了") == 0.0  # shared characters are not the phrase
+    assert lexical_similarity("", "晚安") == lexical_similarity("晚安", "!!") == 0.0
