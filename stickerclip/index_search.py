@@ -23,7 +23,7 @@ from .index_store import IndexModelMismatch, IndexStore, emotion_bits, style_cod
 
 BETA = 0.3
 MIX = 0.5
-LEXICAL = 0.8  # share of the OCR-text similarity that is the query's character overlap with the OCR text
+LEXICAL = 0.8  # share of the OCR-text similarity that is the phrase match of query and OCR text
 # (chosen on the multi-style corpus' valid split: caption queries through the index, MR 71 at 0, 92 at 0.8)
 
 
@@ -110,7 +110,7 @@ class IndexSearcher(IndexStore):
         `emotions` (any of these) and `style` filter on the annotated labels, else the auto-tags;
         `safe` hides the harmful style; `exclude` drops sticker ids already shown. `query_vectors`
         passes precomputed (text vector, image vector) instead of encoding `text` / `image`; `text` still
-        counts then, for its character overlap with stickers' OCR text."""
+        counts then, for its phrase match with stickers' OCR text."""
         qt, qi = query_vectors if query_vectors is not None else encode_query(self.model, text, image)
         with self._lock:
             n = len(self._rows)
@@ -151,7 +151,8 @@ class IndexSearcher(IndexStore):
                 lex = np.zeros(len(pos), np.float32)
                 for i in np.flatnonzero(has):
                     ocr = self._ocr_texts[where[i]]
-                    if not chars.isdisjoint(unicodedata.normalize("NFKC", ocr).lower()):  # most OCR texts share no character: skipped
+                    # most OCR texts share no character with the query: skipped
+                    if not chars.isdisjoint(unicodedata.normalize("NFKC", ocr).lower()):
                         lex[i] = lexical_similarity(text, ocr)
                 out = np.where(has, (1 - LEXICAL) * out + LEXICAL * lex, out)
         return out

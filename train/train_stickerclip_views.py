@@ -13,9 +13,10 @@ trains the image tower's top blocks and head, both projections and the temperatu
 multi-positive InfoNCE (`stickerclip.loss`): a text's positives are every sticker of the batch it
 fits. `--style-pairs` fills a batch with pairs of one concept drawn in two art styles, and
 `--i2i-weight` adds an image-image InfoNCE between them (`stickerclip.loss.image_pair_loss`), which
-trains searching by a sticker drawn in another style. `--mode freeze-vision` trains only the projections (Table 1's freeze-vision row). The best
-validation step (mean MR of the name, keyword and English queries and cross-style image search on
-the valid split) is saved to OUT; OUT/log.jsonl is the log. `--data` is a corpus of
+trains searching by a sticker drawn in another style (bench/RESULTS.md: +3-7 MR there, text search
+down; not in the default). `--mode freeze-vision` trains only the projections (Table 1's
+freeze-vision row). The best validation step (mean MR of the name, keyword and English queries
+and cross-style image search on the valid split) is saved to OUT; OUT/log.jsonl is the log. `--data` is a corpus of
 `train.build_multistyle` (train/valid.jsonl, concepts.json).
 """
 from __future__ import annotations
