@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from stickerclip.index import BETA
+from stickerclip.index import BETA, MIX
 
 from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
                        greedy_batch, pick, preamble_cache, preamble_prefix, with_prefix)
@@ -44,6 +44,9 @@ class ChatSettings:
     pret: bool = False  # put <pret> before the user's message: retrieval becomes (near) certain
     top_k: int = 8  # stickers per retrieval
     beta: float = BETA  # weight of stickers' OCR text in the retrieval score
+    # when the user sends stickers, retrieval ranks by this share of the reply's query and the rest by
+    # likeness to those stickers (their StickerCLIP vector), as search mixes a text and a sticker (1: query only)
+    sticker_mix: float = MIX
     safe: bool = True  # hide stickers tagged harmful
     temperature: float = 0.7  # 0 = greedy
     top_p: float = 0.9
@@ -70,7 +73,8 @@ class ChatSettings:
             return kind(v)
 
         ok = replace(self, pret=bool(self.pret), safe=bool(self.safe), top_k=num("top_k", 1, 200, int),
-                     beta=num("beta", 0.0, 10.0), temperature=num("temperature", 0.0, 5.0),
+                     beta=num("beta", 0.0, 10.0), sticker_mix=num("sticker_mix", 0.0, 1.0),
+                     temperature=num("temperature", 0.0, 5.0),
                      top_p=num("top_p", 0.01, 1.0), max_new_tokens=num("max_new_tokens", 1, 4096, int),
                      min_new_tokens=num("min_new_tokens", 0, 4096, int),
                      repetition_penalty=num("repetition_penalty", 1.0, 10.0),
@@ -176,13 +180,16 @@ class StickerChat:
         enc, feats, shown = self.encode(message, images, history, s)
         exclude = set(shown)
         parts, stickers = [], []
+        sent = None  # the stickers of this message, as one StickerCLIP vector (d,)
+        if len(images) and feats is not None:
+            sent = torch.nn.functional.normalize(feats[-len(images):].float().mean(0), dim=0).cpu().numpy()
         reason, n = "length", 0
         for kind, value in self._events(enc, feats, s, cancel, user=message):
             if kind == "text":
                 parts.append(value)
                 yield TextChunk(value)
             elif kind == "ret":  # retrieval runs here, in the caller's thread: the batch decodes on
-                hits = self._retrieve(value, s, exclude)
+                hits = self._retrieve(value, s, exclude, sent)
                 exclude.update(h.id for h in hits)
                 stickers += [h.id for h in hits]
                 parts.append(RET_TEXT)
@@ -191,9 +198,14 @@ class StickerChat:
                 reason, n = value
         yield Done("".join(parts), stickers, reason, n)
 
-    def _retrieve(self, query: np.ndarray, s: ChatSettings, exclude: set) -> list:
+    def _retrieve(self, query: np.ndarray, s: ChatSettings, exclude: set, sent: np.ndarray | None = None) -> list:
+        """The index's top_k for the `<ret>` query, and likeness to the stickers the user sent (`sent`),
+        mixed by `sticker_mix`."""
         if self.index is None:
             return []
+        if sent is not None and s.sticker_mix < 1.0:
+            return self.index.search(query_vectors=(query, sent), k=s.top_k, safe=s.safe, beta=s.beta,
+                                     mix=s.sticker_mix, exclude=exclude)
         return self.index.search(query_vectors=(query, None), k=s.top_k, safe=s.safe, beta=s.beta,
                                  exclude=exclude)
 

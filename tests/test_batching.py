@@ -293,3 +293,36 @@ def test_cached_turns_are_dropped_when_the_adapter_changes(plain_model):
         return chat.batcher.turns.hits
 
     assert two_turns(change=False) == 1 and two_turns(change=True) == 0
+
+
+def test_a_sent_sticker_pulls_retrieval_towards_itself(model, tmp_path):
+    """With a sticker in the message, retrieval mixes the `<ret>` query with likeness to that sticker
+    (`sticker_mix`, as search mixes a text and a sticker): at 0 the sticker itself comes first."""
+    folder = make_gallery(tmp_path / "gallery")
+    index = StickerIndex.open(tmp_path / "index", model.clip, ocr=False)
+    index.add_folder(folder / "images", progress=False, ocr=False)
+    chat = StickerChat(model, index)
+    force_retrieval(chat)
+    files = sorted((folder / "images").iterdir())
+    sent = files[3]
+
+    def hits(mix):
+        events = list(chat.chat_stream("找和这张差不多的", images=[sent], settings=ChatSettings(
+            temperature=0.0, max_new_tokens=4, sticker_mix=mix)))
+        ret = [e for e in events if isinstance(e, Retrieval)]
+        assert len(ret) == 1
+        return ret[0].hits, ret[0].query
+
+    alike, query = hits(0.0)
+    assert alike[0].path == str(sent.resolve()) and alike[0].score == pytest.approx(1.0, abs=1e-4)
+    plain, query1 = hits(1.0)
+    np.testing.assert_allclose(query, query1, atol=1e-5)  # the same reply: only the ranking changes
+    only_query = index.search(query_vectors=(query1, None), k=8)
+    assert [h.id for h in plain] == [h.id for h in only_query]
+    half, _ = hits(0.5)
+    v = model.clip.encode_images([sent])[0]
+    for h in half:
+        both = index.search(query_vectors=(query1, v), k=len(index), mix=0.5)
+        assert h.score == pytest.approx(next(b.score for b in both if b.id == h.id), abs=1e-4)
+    with pytest.raises(ValueError, match="sticker_mix"):
+        ChatSettings(sticker_mix=1.5).checked()
