@@ -37,6 +37,8 @@ __all__ = ["Busy", "ChatSettings", "Done", "DynamicDecoder", "Guards", "Retrieva
            "with_prefix"]
 
 RET_TEXT = SPECIAL_TOKENS[RET] + SPECIAL_TOKENS[END_RET]
+SAME_PICTURE = 0.995  # image similarity above which a retrieved sticker is the one the user sent
+SAME_PICTURE_SPARE = 4  # extra hits asked for, to fill top_k after dropping those
 
 
 @dataclass
@@ -204,8 +206,10 @@ class StickerChat:
         if self.index is None:
             return []
         if sent is not None and s.sticker_mix < 1.0:
-            return self.index.search(query_vectors=(query, sent), k=s.top_k, safe=s.safe, beta=s.beta,
-                                     mix=s.sticker_mix, exclude=exclude)
+            hits = self.index.search(query_vectors=(query, sent), k=s.top_k + SAME_PICTURE_SPARE, safe=s.safe,
+                                     beta=s.beta, mix=s.sticker_mix, exclude=exclude)
+            # the sent sticker itself (in the gallery or the library) is not an answer to it
+            return [h for h in hits if (h.image_score or 0.0) < SAME_PICTURE][:s.top_k]
         return self.index.search(query_vectors=(query, None), k=s.top_k, safe=s.safe, beta=s.beta,
                                  exclude=exclude)
 
