@@ -27,16 +27,10 @@ import time
 from pathlib import Path
 
 from bench.bench_app_load import App, RunningApp, chat_turn, client_for, log, search_once, wait_ready
+from stickerclip.runtime import rss_mib
 
 MESSAGES = ["来个开心的表情包", "今天好累啊，不想上班", "晚安", "哭", "send me a cat sticker", "谢谢老板",
             "用一句话解释什么是光合作用。", "好累", "What is 12 times 7?", "来个表示无语的表情包"]
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Sampler(threading.Thread):

@@ -48,6 +48,7 @@ import time
 
 import numpy as np
 
+from stickerclip.runtime import rss_mib
 from stickerclip.vectors import EXACT_MAX, NPROBE, VectorIndex
 
 K = 8
@@ -58,14 +59,6 @@ T0 = time.perf_counter()
 
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:7.1f} s] {msg}", file=sys.stderr, flush=True)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def peak_rss_mib() -> float:

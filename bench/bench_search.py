@@ -29,21 +29,13 @@ QUERIES = ["晚安", "谢谢老板", "开心到飞起", "我拒绝", "生气的�
            "good night", "thank you boss", "so happy", "no way"]
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def opened_rss_mb(path: Path) -> float:
     """Resident MB that opening a saved index adds, measured in a fresh process."""
     import subprocess
     import sys
 
-    code = ("from bench.bench_search import rss_mb; from stickerclip.vectors import VectorIndex; "
-            f"r = rss_mb(); v, rows = VectorIndex.load({str(path)!r}); print(rss_mb() - r)")
+    code = ("from stickerclip.runtime import rss_mib; from stickerclip.vectors import VectorIndex; "
+            f"r = rss_mib(); v, rows = VectorIndex.load({str(path)!r}); print(rss_mib() - r)")
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(root)})

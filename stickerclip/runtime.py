@@ -20,6 +20,18 @@ def keep_freed_memory(threshold: int = 1 << 30) -> bool:
         return False
 
 
+def rss_mib(pid: int | str = "self") -> float:
+    """Resident memory (VmRSS) of a process, this one by default, in MiB; NaN where /proc has none."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def trim_freed_memory() -> bool:
     """Return the heap's freed memory to the system now (glibc `malloc_trim(0)`). With
     `keep_freed_memory` glibc no longer does this on its own, and loading leaves hundreds of MB of
