@@ -308,7 +308,7 @@ def test_a_sent_sticker_pulls_retrieval_towards_itself(model, tmp_path):
 
     def hits(mix):
         events = list(chat.chat_stream("找和这张差不多的", images=[sent], settings=ChatSettings(
-            temperature=0.0, max_new_tokens=4, sticker_mix=mix)))
+            temperature=0.0, max_new_tokens=4, sticker_mix=mix, message_mix=1.0)))
         ret = [e for e in events if isinstance(e, Retrieval)]
         assert len(ret) == 1
         return ret[0].hits, ret[0].query
@@ -329,3 +329,35 @@ def test_a_sent_sticker_pulls_retrieval_towards_itself(model, tmp_path):
     assert [(h.id, round(h.score, 4)) for h in half] == [(b.id, round(b.score, 4)) for b in both[:8]]
     with pytest.raises(ValueError, match="sticker_mix"):
         ChatSettings(sticker_mix=1.5).checked()
+
+
+def test_retrieval_reads_the_users_message_beside_the_ret_query(model, tmp_path):
+    """`message_mix`: the `<ret>` query's share of what retrieval looks for, the rest StickerCLIP's own
+    vector of the user's message, whose words also count for their phrase match with OCR text. At 0
+    the chat finds what search finds for the message; at 1 what the `<ret>` query alone finds."""
+    folder = make_gallery(tmp_path / "gallery")
+    index = StickerIndex.open(tmp_path / "index", model.clip, ocr=False)
+    index.add_folder(folder / "images", progress=False, ocr=False)
+    chat = StickerChat(model, index)
+    force_retrieval(chat)
+    message = "来个开心的表情包"
+
+    def hits(mix):
+        events = list(chat.chat_stream(message, settings=ChatSettings(temperature=0.0, max_new_tokens=4,
+                                                                       message_mix=mix)))
+        ret = [e for e in events if isinstance(e, Retrieval)]
+        assert len(ret) == 1
+        return [(h.id, round(h.score, 4)) for h in ret[0].hits], ret[0].query
+
+    by_message, query = hits(0.0)
+    assert by_message == [(h.id, round(h.score, 4)) for h in index.search(message, k=8)]
+    by_query, query1 = hits(1.0)
+    np.testing.assert_allclose(query, query1, atol=1e-5)  # the same reply: only the ranking changes
+    assert by_query == [(h.id, round(h.score, 4)) for h in index.search(query_vectors=(query1, None), k=8)]
+    half, _ = hits(0.5)
+    q = 0.5 * query1 + 0.5 * model.clip.encode_texts([message])[0]
+    q = q / np.linalg.norm(q)
+    assert half == [(h.id, round(h.score, 4)) for h in index.search(message, query_vectors=(q, None), k=8)]
+    assert by_message != by_query  # the two differ on this gallery, so the mix is seen
+    with pytest.raises(ValueError, match="message_mix"):
+        ChatSettings(message_mix=-0.1).checked()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from stickerclip.llm import EMBEDDED_LLM
+from stickerllm.chat import ChatSettings
 from stickerllm.model import load
 from train import eval_stickerllm
 
@@ -54,8 +55,9 @@ def test_eval_reproduces_the_published_quick_eval(open_corpus):
         assert abs(got["retrieval"][part]["MR"] - want["retrieval"][part]["MR"]) <= 1.0, part
     # natural prompts through the chat itself (few-shot prompt, guards, the app's gallery)
     assert got["prompt"] == want["prompt"] == "fewshot" and got["query_layer"] == want["query_layer"]
+    assert got["natural"]["message_mix"] == want["natural"]["message_mix"] == ChatSettings().message_mix
     for t, row in want["natural"].items():
-        if t == "guards":
+        if not isinstance(row, dict):  # guards, message_mix
             continue
         mine = got["natural"][t]
         for key, n, per in (("requests_retrieve", "n_requests", 1), ("others_do_not", "n_others", 1),
