@@ -217,6 +217,16 @@ def test_form_weights_change_what_training_draws():
     assert {qf.draw(forms, rng, {"name": 0.0, "emotion": 1.0}) for _ in range(50)} == {"开心"}
 
 
+def test_a_second_text_view_is_of_another_form():
+    forms = {"name": ["猫脸"], "emotion": ["开心", "搞笑"], "ocr": ["哈哈哈"]}
+    assert qf.other_forms(forms, "哈哈哈") == {"name": ["猫脸"], "emotion": ["开心", "搞笑"]}
+    rng = random.Random(0)
+    assert {qf.draw(qf.other_forms(forms, "开心"), rng) for _ in range(200)} == {"猫脸", "哈哈哈"}
+    # one form only: another text of it; a single text: itself
+    assert qf.other_forms({"emotion": ["开心", "搞笑"]}, "开心") == {"emotion": ["搞笑"]}
+    assert qf.other_forms({"ocr": ["哈哈哈"]}, "哈哈哈") == {"ocr": ["哈哈哈"]}
+
+
 def test_first_relevant_ranks_and_precision():
     g = np.eye(4, dtype=np.float32)
     q = np.array([[0, 0.9, 0.1, 0], [1, 0.5, 0, 0]], np.float32)
@@ -284,9 +294,10 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
     res = tv.main(["--data", str(out), "--out", str(tmp_path / "pairs"), "--init", str(tmp_path / "init"),
                    "--cache", str(tmp_path / "run" / "cache"), "--views", "2", "--steps", "3", "--batch-size", "8",
                    "--eval-every", "3", "--style-pairs", "--i2i-weight", "0.5", "--form-weights", "emotion=0.3",
-                   "--quiet"])
+                   "--t2t-weight", "0.5", "--quiet"])
     first = json.loads((tmp_path / "pairs" / "log.jsonl").read_text().splitlines()[0])
     assert first["style_pairs"] and first["i2i_weight"] == 0.5 and first["form_weights"]["emotion"] == 0.3
+    assert first["t2t_weight"] == 0.5
     assert res["best"]["step"] == 3
     with pytest.raises(SystemExit):
         tv.parse_args(["--data", "d", "--out", "o", "--i2i-weight", "0.5"])  # needs --style-pairs
@@ -318,3 +329,29 @@ def test_the_model_module_imports_neither_the_factory_nor_convert():
     tree = ast.parse(Path(m.__file__).read_text(encoding="utf-8"))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"factory", "convert", "stickerclip.factory", "stickerclip.convert"}, imported
+
+
+def test_captions_and_emotion_words_through_an_index_that_reads_the_stickers(tmp_path, tiny):
+    """The eval's app path: bare files indexed with the index's own OCR, caption queries and emotion
+    words searched there. The gallery is smaller than 8, so P@8 is each emotion's stickers / 8."""
+    from pathlib import Path
+
+    import cvttf_NotoSansCJK_Bold as font_pkg
+    from PIL import ImageDraw, ImageFont
+
+    from stickerclip.data import StickerRecord
+
+    font = ImageFont.truetype(str(Path(font_pkg.__file__).parent / "NotoSansCJKtc-Bold.otf"), 40)
+    recs = []
+    for sid, caption, emos in (("a@x-cap", "快夸夸我", ["proud"]), ("b@x-cap", "晚安", ["relaxed"]), ("a@x", "", ["proud"])):
+        img = Image.new("RGB", (240, 120), "white")
+        if caption:
+            ImageDraw.Draw(img).text((20, 40), caption, font=font, fill="black")
+        img.save(tmp_path / f"{sid}.png")
+        recs.append(StickerRecord(id=sid, image=str(tmp_path / f"{sid}.png"), description="", emotions=emos,
+                                  ocr=caption, concept=sid[0], art="x"))
+    concepts = {"a": {"name_zh": "猫", "name_en": "cat"}, "b": {"name_zh": "狗", "name_en": "dog"}}
+    got = qf.captions_through_index(tiny, recs, tmp_path / "idx", concepts=concepts)
+    assert got["n"] == 2 and got["ocr_read"] == 2 and got["R@10"] == 100.0
+    assert got["emotion_n"] == 2 and got["emotion_P@8"] == pytest.approx((2 / 8 + 1 / 8) / 2 * 100)
+    assert "emotion_P@8" not in qf.captions_through_index(tiny, recs, tmp_path / "idx2")

@@ -94,7 +94,7 @@ def main_forms(args) -> dict:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                out["models"][name]["ocr_index"] = captions_through_index(model, records, tmp)
+                out["models"][name]["ocr_index"] = captions_through_index(model, records, tmp, concepts=concepts)
         first = first or (model, name)  # the figure shows the first model's results
     if holdout:
         out["pixels16"] = cross_style(records, holdout, pixel_features)
@@ -110,19 +110,20 @@ FORM_ORDER = ("name", "keyword", "english", "description", "emotion", "ocr", "re
 def forms_table(out: dict) -> str:
     """Markdown: one row per model (MR per query form, emotion P@8, cross-style MR), then the pixel row."""
     styles = sorted({s for r in out["models"].values() for s in r.get("i2i", {})})
-    head = ("| model | " + " | ".join(f"t2i {f}" for f in FORM_ORDER) + " | emotion P@8 | caption via index OCR | " +
+    head = ("| model | " + " | ".join(f"t2i {f}" for f in FORM_ORDER) + " | emotion P@8 | caption via index OCR | emotion P@8 via index OCR | " +
             " | ".join(f"i2i {out['holdout']}→{s}" for s in styles) + " |\n")
-    head += "|---" + "|---:" * (len(FORM_ORDER) + 2 + len(styles)) + "|\n"
+    head += "|---" + "|---:" * (len(FORM_ORDER) + 3 + len(styles)) + "|\n"
     rows = []
     for name, r in out["models"].items():
         t = r["t2i"]
         cells = [f"{t[f]['MR']:.1f}" if f in t else "" for f in FORM_ORDER]
         cells.append(f"{t['emotion']['P@8']:.1f}" if "emotion" in t else "")
         cells.append(f"{r['ocr_index']['MR']:.1f}" if "ocr_index" in r else "")
+        cells.append(f"{r['ocr_index']['emotion_P@8']:.1f}" if "emotion_P@8" in r.get("ocr_index", {}) else "")
         cells += [f"{r['i2i'][s]['MR']:.1f}" if s in r.get("i2i", {}) else "" for s in styles]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     if out.get("pixels16"):
-        cells = [""] * (len(FORM_ORDER) + 2) + [f"{out['pixels16'][s]['MR']:.1f}" if s in out["pixels16"] else ""
+        cells = [""] * (len(FORM_ORDER) + 3) + [f"{out['pixels16'][s]['MR']:.1f}" if s in out["pixels16"] else ""
                                                  for s in styles]
         rows.append("| 16×16 pixels | " + " | ".join(cells) + " |")
     n = {f: r["t2i"][f]["n"] for r in out["models"].values() for f in r["t2i"]}

@@ -64,6 +64,8 @@ def parse_args(argv=None):
     ap.add_argument("--message-mix", type=float, default=None,
                     help="the <ret> query's share of natural replies' retrieval, the rest the user's message "
                          "(ChatSettings.message_mix; 1: the <ret> query only; default: the app's)")
+    ap.add_argument("--beta", type=float, default=None,
+                    help="weight of stickers' OCR text in natural replies' retrieval (ChatSettings.beta; default: the app's)")
     ap.add_argument("--no-guards", action="store_true", help="natural replies without the decoding guards")
     return ap.parse_args(argv)
 
@@ -236,10 +238,13 @@ def main(argv=None) -> dict:
         base = replace(base, max_new_tokens=args.natural_tokens)
         if args.message_mix is not None:
             base = replace(base, message_mix=args.message_mix)
+        if args.beta is not None:
+            base = replace(base, beta=args.beta)
         result["natural"] = {f"t{t:g}": natural(model, index, rows, replace(base, temperature=t))
                              for t in (float(x) for x in args.natural_temps.split(",") if x.strip())}
         result["natural"]["guards"] = not args.no_guards
         result["natural"]["message_mix"] = base.message_mix
+        result["natural"]["beta"] = base.beta
     if "tool_selection" in result:
         result["tool_selection"] = dict(sorted(result["tool_selection"].items()))
     result["seconds"] = round(time.time() - t0, 1)

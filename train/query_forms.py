@@ -90,6 +90,13 @@ def draw(forms: dict[str, list[str]], rng: random.Random, weights: dict[str, flo
     return rng.choice(forms[form])
 
 
+def other_forms(forms: dict[str, list[str]], text: str) -> dict[str, list[str]]:
+    """A sticker's forms without the ones that hold `text` (and without `text`), for a second view of
+    another form; the forms as they are when nothing else is left."""
+    rest = {f: ts for f, ts in forms.items() if text not in ts}
+    return rest or {f: [t for t in ts if t != text] or ts for f, ts in forms.items()}
+
+
 # ------------------------------------------------------------------------------------ evaluation
 def pixel_features(records, size: int = 16):
     """The pixel baseline: first frame on white, size x size RGB, mean-centred, L2-normalised -> (N, 3·size²)."""
@@ -198,11 +205,12 @@ def cross_style(records, holdout: str, features) -> dict:
     return out
 
 
-def captions_through_index(model, records, workdir, k: int = 10) -> dict:
+def captions_through_index(model, records, workdir, k: int = 10, concepts: dict[str, dict] | None = None) -> dict:
     """Caption queries (the OCR form) through a StickerIndex that reads the stickers itself: the
     files are indexed bare (no description, no recorded OCR), so the index's own OCR (RapidOCR) and its
     hybrid score (image + β·OCR-text similarity) find them, as in the app. A hit at K when a sticker
-    carrying the caption is in the top K."""
+    carrying the caption is in the top K. With `concepts`, emotion words go through the same index too:
+    `emotion_P@8`, the share of their top 8 that carry the emotion (a sticker's caption often says it)."""
     import numpy as np
 
     from stickerclip.data import StickerRecord as Rec
@@ -218,4 +226,10 @@ def captions_through_index(model, records, workdir, k: int = 10) -> dict:
         for q in queries:
             hits = index.search(text=q, k=k)
             ranks.append(next((i for i, h in enumerate(hits) if caption_of.get(h.id) == q), k))
-    return {**recall_from_ranks(np.asarray(ranks)), "n": len(queries), "ocr_read": summary.ocr_read}
+        out = {**recall_from_ranks(np.asarray(ranks)), "n": len(queries), "ocr_read": summary.ocr_read}
+        if concepts is not None:
+            emotion = text_queries(records, concepts, vague_keywords(concepts)).get("emotion", [])
+            share = [sum(h.id in ids for h in index.search(text=q, k=8)) / 8 for q, ids in emotion]
+            if share:
+                out.update({"emotion_P@8": round(float(np.mean(share)) * 100, 2), "emotion_n": len(share)})
+    return out

@@ -4,7 +4,7 @@ many art styles, the words people type, sticker-looking augmentations.
     python -m train.train_stickerclip_views --data MULTISTYLE_DIR --out OUT [--init default]
         [--tune-from 14 | --mode freeze-vision] [--views 6] [--steps 1500] [--batch-size 256]
         [--lr 1e-3] [--lr-vision 1e-4] [--cache DIR] [--eval-every 250]
-        [--style-pairs --i2i-weight 0.5] [--form-weights emotion=0.3]
+        [--style-pairs --i2i-weight 0.5] [--form-weights emotion=0.3] [--t2t-weight 0.5]
 
 Stage 1 caches, for every training sticker, `--views` pictures (the clean one and sticker-looking
 augmentations, `stickerclip.augment`) through the frozen bottom of the image tower (blocks below
@@ -14,7 +14,10 @@ multi-positive InfoNCE (`stickerclip.loss`): a text's positives are every sticke
 fits. `--style-pairs` fills a batch with pairs of one concept drawn in two art styles, and
 `--i2i-weight` adds an image-image InfoNCE between them (`stickerclip.loss.image_pair_loss`), which
 trains searching by a sticker drawn in another style (bench/RESULTS.md: +3-7 MR there, text search
-down; not in the default). `--mode freeze-vision` trains only the projections (Table 1's
+down; not in the default). `--t2t-weight` adds a text-text InfoNCE between two text views of each
+sticker of different forms (its caption and its emotion words, its name and a keyword;
+`stickerclip.loss.multi_positive_loss` over texts): what a caption says then lies near the words people
+search with, which the index's OCR-text similarity reads. `--mode freeze-vision` trains only the projections (Table 1's
 freeze-vision row). The best validation step (mean MR of the name, keyword and English queries
 and cross-style image search on the valid split) is saved to OUT; OUT/log.jsonl is the log. `--data` is a corpus of
 `train.build_multistyle` (train/valid.jsonl, concepts.json).
@@ -65,6 +68,8 @@ def parse_args(argv=None):
                     help="batches of concept pairs, two stickers of one concept in different art styles")
     ap.add_argument("--i2i-weight", type=float, default=0.0,
                     help="weight of the image-image loss between a pair's stickers (with --style-pairs)")
+    ap.add_argument("--t2t-weight", type=float, default=0.0,
+                    help="weight of the text-text loss between two text views of each sticker")
     ap.add_argument("--form-weights", default="", help='change how often forms are drawn: "emotion=0.3,ocr=0.2"')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
@@ -168,7 +173,8 @@ def setup(args) -> Run:
         raise SystemExit(f"--tune-from {start}: the image tower has {n_blocks} blocks")
     log(f"training on {len(train)} stickers ({len(concepts)} concepts), validating on {len(valid)}",
         mode=args.mode, tune_from=start, holdout=holdout,
-        style_pairs=args.style_pairs, i2i_weight=args.i2i_weight, form_weights=args.form_weights)
+        style_pairs=args.style_pairs, i2i_weight=args.i2i_weight, form_weights=args.form_weights,
+        t2t_weight=args.t2t_weight)
     return Run(args, out, cache, log, train, valid, concepts, holdout, model, freeze, start)
 
 
@@ -273,6 +279,14 @@ def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[fl
             concept = [train[i].concept for i in idx]
             same = torch.tensor([[a == b for b in concept] for a in concept])  # (B, B)
             loss = loss + args.i2i_weight * image_pair_loss(img, model.logit_scale, same)
+        if args.t2t_weight:
+            seconds = [qf.draw(qf.other_forms(inputs.forms[i], t), rng, args.form_weights)
+                       for i, t in zip(idx, batch_texts)]
+            h2 = torch.from_numpy(np.stack([inputs.states[t] for t in seconds]))  # (B, H)
+            txt2 = model.text_projection(torch.nn.functional.dropout(h2, args.text_dropout))  # (B, D)
+            # text i fits text j when it fits j's sticker, or j's text fits i's sticker
+            fits = positives | torch.tensor([[t in inputs.viewsets[i] for t in seconds] for i in idx])  # (B, B)
+            loss = loss + args.t2t_weight * multi_positive_loss(txt2, txt, model.logit_scale, fits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
