@@ -3,7 +3,8 @@ the hits (`Hit`), and several indexes searched as one (`IndexSet`).
 
 Scores (cosine similarities of L2-normalised vectors):
   * text query: image similarity + beta * OCR-text similarity (the paper's demo, beta 0.3),
-    image similarity alone for stickers without OCR text. The OCR-text similarity mixes the
+    image similarity alone for stickers without OCR text. The query's vector averages the query's
+    and its core's (`query_text`: 好累 and 累, 来个开心的表情包 and 开心). The OCR-text similarity mixes the
     embeddings' cosine with how much of the OCR text the query spells out (`lexical_similarity`,
     share LEXICAL), so a caption typed as a query finds its sticker;
   * image query: image-to-image similarity;
@@ -20,6 +21,7 @@ import numpy as np
 
 from . import labels
 from .index_store import IndexModelMismatch, IndexStore, emotion_bits, style_code
+from .query_text import core_phrase, query_vector
 
 BETA = 0.3
 MIX = 0.5
@@ -95,7 +97,7 @@ def encode_query(model, text: str | None, image) -> tuple[np.ndarray | None, np.
     text = text.strip() if isinstance(text, str) else text
     if not text and image is None:
         raise ValueError("search needs a text, an image or both")
-    return (model.encode_texts([text])[0] if text else None,
+    return (query_vector(model, text) if text else None,
             model.encode_images([image])[0] if image is not None else None)
 
 
@@ -146,14 +148,16 @@ class IndexSearcher(IndexStore):
             where = np.minimum(where, len(self._ocr_pos) - 1)
             has = self._ocr_pos[where] == pos
             out[has] = self._ocr_vecs[where[has]] @ qt
-            chars = set(_letters(text)) if isinstance(text, str) else set()
+            # the query and its core (来个晚安的表情 and 晚安) each spell a phrase
+            phrases = [p for p in (text, core_phrase(text)) if p] if isinstance(text, str) else []
+            chars = set(_letters(text)) if phrases else set()
             if chars:
                 lex = np.zeros(len(pos), np.float32)
                 for i in np.flatnonzero(has):
                     ocr = self._ocr_texts[where[i]]
                     # most OCR texts share no character with the query: skipped
                     if not chars.isdisjoint(unicodedata.normalize("NFKC", ocr).lower()):
-                        lex[i] = lexical_similarity(text, ocr)
+                        lex[i] = max(lexical_similarity(p, ocr) for p in phrases)
                 out = np.where(has, (1 - LEXICAL) * out + LEXICAL * lex, out)
         return out
 

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from stickerclip.index import BETA, MIX
+from stickerclip.query_text import query_vector
 
 from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
                        greedy_batch, pick, preamble_cache, preamble_prefix, with_prefix)
@@ -215,7 +216,7 @@ class StickerChat:
             return []
         words = message.strip()[: s.max_message_chars] if s.message_mix < 1.0 else ""
         if words:
-            said = self.index.model.encode_texts([words])[0]  # (d,) StickerCLIP's vector of the message
+            said = query_vector(self.index.model, words)  # (d,) StickerCLIP's vector of the message, as search's
             query = s.message_mix * query + (1 - s.message_mix) * said
             query = query / max(float(np.linalg.norm(query)), 1e-12)
         if sent is not None and s.sticker_mix < 1.0:

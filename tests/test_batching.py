@@ -10,6 +10,7 @@ from devkit.appworld import force_retrieval, make_gallery
 from devkit.tinymodels import tiny_llm
 from stickerclip.index import StickerIndex
 from stickerclip.model import StickerCLIP, named_config
+from stickerclip.query_text import query_vector
 from stickerllm.chat import Busy, ChatSettings, Done, Retrieval, StickerChat, TextChunk
 from stickerllm.decoding import BatchDecoder, DynamicDecoder, Rows, nucleus, pick
 from stickerllm.model import StickerLLM, StickerLLMConfig
@@ -355,7 +356,7 @@ def test_retrieval_reads_the_users_message_beside_the_ret_query(model, tmp_path)
     np.testing.assert_allclose(query, query1, atol=1e-5)  # the same reply: only the ranking changes
     assert by_query == [(h.id, round(h.score, 4)) for h in index.search(query_vectors=(query1, None), k=8)]
     half, _ = hits(0.5)
-    q = 0.5 * query1 + 0.5 * model.clip.encode_texts([message])[0]
+    q = 0.5 * query1 + 0.5 * query_vector(model.clip, message)  # the message and its core (开心), as search
     q = q / np.linalg.norm(q)
     assert half == [(h.id, round(h.score, 4)) for h in index.search(message, query_vectors=(q, None), k=8)]
     assert by_message != by_query  # the two differ on this gallery, so the mix is seen

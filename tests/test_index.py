@@ -458,3 +458,36 @@ def test_lexical_similarity_finds_a_caption_by_its_words():
     assert lexical_similarity("晚安", "早上好") == 0.0
     assert lexical_similarity("笑死我了", "吓死我了") == 0.0  # shared characters are not the phrase
     assert lexical_similarity("", "晚安") == lexical_similarity("晚安", "!!") == 0.0
+
+
+def test_a_query_is_read_without_its_request_framing():
+    from stickerclip.query_text import core_phrase
+
+    cases = {"好累": "累", "我好累啊": "累", "来个开心的表情包": "开心", "太好笑了": "好笑", "有没有猫猫的图": "猫猫",
+             "谢谢老板的表情包有吗": "谢谢老板", "来个好吃的": "好吃", "send me a thumbs up": "thumbs up",
+             "got any dog stickers?": "dog", "rocket emoji": "rocket"}
+    for query, core in cases.items():
+        assert core_phrase(query) == core, query
+    # nothing to cut, only particles, a word of its own, or a sentence: None (the query alone counts)
+    for query in ("哭", "cat", "happy", "好的", "好吃", "真香", "累了", "绝了", "今天好累啊，不想上班", "", None,
+                  "can you send me a picture of a cat wearing a hat", "来个", "the"):
+        assert core_phrase(query) is None, query
+
+
+def test_search_reads_the_query_and_its_core(tmp_path, tiny):
+    """A framed query's vector is the normalised mean of the query's and its core's, and its core
+    spells the phrase that an OCR caption is matched with (来个晚安的表情 finds 晚安 as 晚安 does)."""
+    from stickerclip.query_text import query_vector
+
+    recs = _records(tmp_path)
+    idx = StickerIndex.open(tmp_path / "idx", tiny, ocr=False)
+    idx.add(recs)
+    q = "来个晚安的表情"
+    v = tiny.encode_texts([q, "晚安"]).sum(0)
+    np.testing.assert_allclose(query_vector(tiny, q), v / np.linalg.norm(v), atol=1e-6)
+    np.testing.assert_allclose(query_vector(tiny, "晚安"), tiny.encode_texts(["晚安"])[0], atol=1e-6)
+    hits = {h.id: h for h in idx.search(text=q, k=5, safe=False)}
+    img = dict(zip([r.id for r in recs], tiny.encode_images([r.image for r in recs])))
+    qt = query_vector(tiny, q)
+    ocr_sim = (1 - LEXICAL) * float(tiny.encode_texts(["晚安"])[0] @ qt) + LEXICAL * 1.0  # the core's phrase: 1
+    assert hits["dog"].score == pytest.approx(float(img["dog"] @ qt) + 0.3 * ocr_sim, abs=1e-4)

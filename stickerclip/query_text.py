@@ -1,0 +1,115 @@
+"""What a typed query asks for, without how it asks: `core_phrase("来个开心的表情包") == "开心"`.
+
+People wrap what they want in request words (`来个…的表情包`, `send me a … sticker`), degree words
+(`好累`, `太好笑了`, `so tired`) and particles (`吗`, `啊`, `pls`). A text tower that mean-pools its
+tokens lets those words pull the query away: `好累` found super villains where `累` found tired
+faces. Search and the chat encode both the query and its core, and average them
+(`query_vector`); the core also counts for the phrase match with OCR text. The lists are general
+Chinese and English request framing, not the evaluation's templates.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# request framing, longest first within each list (the first that fits is cut)
+ZH_PREFIXES = ("能不能给我来个", "可以给我发个", "帮我找一个", "帮我找个", "给我来一个", "给我来个", "给我发一个", "给我发个",
+               "给我找一个", "给我找个", "给我一个", "给我一张", "有没有什么", "有没有", "有木有", "我想要一个", "我想要",
+               "我要一个", "我要", "来一个", "来一张", "来个", "来张", "来点", "发一个", "发一张", "发个", "发张", "求一个",
+               "求个", "求", "找一个", "找个", "找张", "搜一下", "搜", "要个", "整个", "给我", "一个", "一张", "我们", "我")
+ZH_SUFFIXES = ("的表情包有", "的表情包吗", "的表情包呢", "的表情包", "表情包有", "表情包", "的表情图", "的表情", "的图片", "的贴纸", "的动图", "的图",
+               "贴纸", "表情")
+ZH_DEGREE = ("非常", "超级", "有点", "真的", "特别", "好", "太", "很", "超", "真", "巨", "贼")
+# words that start with a degree word but are words of their own (好的 is OK, 好吃 tasty, 太阳 the sun)
+ZH_WHOLE = frozenset({"好的", "好吃", "好看", "好玩", "好听", "好像", "好友", "好人", "好久", "好多", "好奇", "好运",
+                      "好事", "好评", "真香", "真的", "真相", "真是", "太阳", "太空", "超人", "超市", "很多", "巨人"})
+ZH_PARTICLES = "吗呢啊呀吧啦哦哇嘛了的～~！!？?。，,. "
+EN_PREFIXES = ("can you send me", "could you send me", "can you find me", "can i get", "do you have", "send me",
+               "give me", "find me", "show me", "i want", "i need", "got any", "any", "some", "please", "pls")
+EN_SUFFIXES = ("stickers", "sticker", "emojis", "emoji", "gifs", "gif", "please", "pls", "plz")
+EN_FILLER = ("i'm feeling", "i am feeling", "feeling", "i'm so", "i am so", "i'm", "im", "i am", "so", "very",
+             "really", "a", "an", "the", "one", "ugh", "omg")
+
+
+def _cut_prefix(text: str, options) -> str:
+    for p in options:
+        if text.startswith(p) and len(text) > len(p):
+            return text[len(p):]
+    return text
+
+
+def _cut_suffix(text: str, options) -> str:
+    for s in options:
+        if text.endswith(s) and len(text) > len(s):
+            return text[: -len(s)]
+    return text
+
+
+def _core_zh(text: str) -> str | None:
+    """`text` without framing and one degree word; None when only particles (or nothing) came off."""
+    t, cut, degree = text, False, False
+    for _ in range(3):  # framing nests: 我想要一个好开心的表情包呀
+        if t.strip(ZH_PARTICLES) in ZH_WHOLE:
+            break
+        before = t
+        t = t.strip(ZH_PARTICLES)
+        for step in (lambda x: _cut_prefix(x, ZH_PREFIXES), lambda x: _cut_suffix(x, ZH_SUFFIXES)):
+            after = step(t).strip(ZH_PARTICLES)
+            cut, t = cut or after != t, after
+        if not degree and t not in ZH_WHOLE and not any(t.startswith(w) for w in ZH_WHOLE):
+            after = _cut_prefix(t, ZH_DEGREE).strip(ZH_PARTICLES)
+            degree, t = after != t, after
+            cut = cut or degree
+        if t == before:
+            break
+    return t if cut else None
+
+
+def _core_en(text: str) -> str:
+    words = re.sub(r"[!?.,~]+", " ", text.lower()).split()
+    changed = True
+    while changed and words:
+        changed = False
+        head = " ".join(words)
+        for p in EN_PREFIXES + EN_FILLER:
+            if head.startswith(p + " ") and len(words) > len(p.split()):
+                words = words[len(p.split()):]
+                changed = True
+                break
+        if words and words[-1] in EN_SUFFIXES and len(words) > 1:
+            words = words[:-1]
+            changed = True
+    return " ".join(words)
+
+
+def core_phrase(text: str | None) -> str | None:
+    """The query without its request framing, degree words and particles; None when nothing was cut,
+    when nothing would be left, or for sentences (a comma inside, over 10 Han characters or 8 words:
+    a sentence says more than its ends)."""
+    if not text:
+        return None
+    t = text.strip()
+    if not t:
+        return None
+    if any("\u4e00" <= c <= "\u9fff" for c in t):
+        if len(t) > 10 or any(c in t.strip(ZH_PARTICLES) for c in "，,。；;"):
+            return None
+        core = _core_zh(t)
+    else:
+        if len(t.split()) > 8:
+            return None
+        core = _core_en(t)
+    if not core or core == t or not any(ch.isalnum() for ch in core):
+        return None
+    return core
+
+
+def query_vector(model, text: str) -> np.ndarray:
+    """(D,) a text query's vector: the mean of the query's and its core's (`core_phrase`), normalised;
+    the query's own when nothing is cut."""
+    core = core_phrase(text)
+    if core is None:
+        return model.encode_texts([text])[0]
+    v = model.encode_texts([text, core]).sum(0)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
