@@ -113,3 +113,29 @@ def query_vector(model, text: str) -> np.ndarray:
         return model.encode_texts([text])[0]
     v = model.encode_texts([text, core]).sum(0)
     return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+# "more of those": a follow-up that names nothing of its own
+ZH_MORE = ("再来", "再发", "再给", "还要", "还有吗", "还有没有", "换一批", "换一些", "换几个", "换个", "多来", "多发", "继续")
+ZH_MORE_FILLER = set("几个一些点张只来发给我吧呗呀啊了吗的嘛呢！!？?。，,～~ ")
+EN_MORE = ("more", "another", "again", "others", "other", "different", "next")
+EN_MORE_FILLER = {"please", "pls", "plz", "some", "ones", "one", "stickers", "sticker", "me", "a", "few", "of", "those",
+                  "them", "like", "that", "this", "these", "give", "send", "show", "any", "got", "do", "you", "have",
+                  "can", "i", "get", "the", "same", "kind", "lol", "haha", "ok", "okay"}
+
+
+def asks_for_more(text: str | None) -> bool:
+    """Whether a message only asks for more of what came before (`再来几个`, `换一批`, `more please`):
+    a more-word and nothing else but filler."""
+    if not text or not text.strip():
+        return False
+    t = text.strip().lower()
+    if any("\u4e00" <= c <= "\u9fff" for c in t):
+        if len(t) > 10 or not any(m in t for m in ZH_MORE):
+            return False
+        for m in ZH_MORE:
+            t = t.replace(m, "")
+        return all(c in ZH_MORE_FILLER for c in t)
+    words = re.sub(r"[^a-z' ]+", " ", t).split()
+    return (0 < len(words) <= 6 and any(w in EN_MORE for w in words)
+            and all(w in EN_MORE or w in EN_MORE_FILLER for w in words))

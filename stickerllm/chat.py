@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from stickerclip.index import BETA, MIX
-from stickerclip.query_text import query_vector
+from stickerclip.query_text import asks_for_more, query_vector
 
 from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
                        greedy_batch, pick, preamble_cache, preamble_prefix, with_prefix)
@@ -194,12 +194,13 @@ class StickerChat:
         if len(images) and feats is not None:
             sent = torch.nn.functional.normalize(feats[-len(images):].float().mean(0), dim=0).cpu().numpy()
         reason, n = "length", 0
+        topic = request_of(message, history)  # what retrieval reads as the user's words
         for kind, value in self._events(enc, feats, s, cancel, user=message):
             if kind == "text":
                 parts.append(value)
                 yield TextChunk(value)
             elif kind == "ret":  # retrieval runs here, in the caller's thread: the batch decodes on
-                hits = self._retrieve(value, s, exclude, sent, message)
+                hits = self._retrieve(value, s, exclude, sent, topic)
                 exclude.update(h.id for h in hits)
                 stickers += [h.id for h in hits]
                 parts.append(RET_TEXT)
@@ -545,6 +546,24 @@ def _held_back(text: str, stop: str | None) -> int:
         if stop.startswith(text[-k:]):
             return k
     return 0
+
+
+def request_of(message: str, history=()) -> str:
+    """The words a retrieval for `message` reads: the message itself, or, when it only asks for more
+    (`再来几个`, `more please`), the last earlier user message that stickers answered (already shown
+    ones stay excluded, so more of the same kind come)."""
+    if not asks_for_more(message):
+        return message
+    answered = False
+    for turn in reversed(list(history or ())):
+        if turn.get("role") == "assistant":
+            answered = bool(turn.get("stickers"))
+        elif turn.get("role") == "user" and answered:
+            text = turn.get("content") or ""
+            if text.strip() and not asks_for_more(text):
+                return text
+            answered = False
+    return message
 
 
 def chat_stream(model: StickerLLM, message: str, images=(), history=(), settings: ChatSettings | None = None,

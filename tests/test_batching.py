@@ -362,3 +362,32 @@ def test_retrieval_reads_the_users_message_beside_the_ret_query(model, tmp_path)
     assert by_message != by_query  # the two differ on this gallery, so the mix is seen
     with pytest.raises(ValueError, match="message_mix"):
         ChatSettings(message_mix=-0.1).checked()
+
+
+def test_asking_for_more_retrieves_for_the_earlier_request(model, tmp_path):
+    """`再来几个` names nothing: retrieval reads the last earlier request that stickers answered, and
+    the stickers already shown stay out, so the next ones of the same kind come."""
+    from stickerclip.query_text import asks_for_more
+    from stickerllm.chat import request_of
+
+    assert asks_for_more("再来几个") and asks_for_more("换一批") and asks_for_more("more please")
+    assert not asks_for_more("再来几个猫") and not asks_for_more("send me more cat stickers") and not asks_for_more("再见")
+    history = [{"role": "user", "content": "有没有猫猫的图"}, {"role": "assistant", "content": "<ret></ret>", "stickers": ["a"]},
+               {"role": "user", "content": "再来几个"}, {"role": "assistant", "content": "<ret></ret>", "stickers": ["b"]},
+               {"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！", "stickers": []}]
+    assert request_of("再来点", history) == "有没有猫猫的图"  # past the unanswered 你好 and the earlier 再来几个
+    assert request_of("来个狗", history) == "来个狗" and request_of("再来点", []) == "再来点"
+
+    folder = make_gallery(tmp_path / "gallery")
+    index = StickerIndex.open(tmp_path / "index", model.clip, ocr=False)
+    index.add_folder(folder / "images", progress=False, ocr=False)
+    chat = StickerChat(model, index)
+    force_retrieval(chat)
+    s = ChatSettings(temperature=0.0, max_new_tokens=4, message_mix=0.0)  # the words alone decide
+    first = [e for e in chat.chat_stream("有没有猫猫的图", settings=s) if isinstance(e, (Retrieval, Done))]
+    shown = [h.id for h in first[0].hits]
+    history = [{"role": "user", "content": "有没有猫猫的图"},
+               {"role": "assistant", "content": first[-1].reply, "stickers": first[-1].stickers}]
+    more = [e for e in chat.chat_stream("再来几个", history=history, settings=s) if isinstance(e, Retrieval)]
+    expect = [h.id for h in index.search("有没有猫猫的图", k=16) if h.id not in shown][:8]
+    assert [h.id for h in more[0].hits] == expect
