@@ -21,7 +21,7 @@ import numpy as np
 
 from . import labels
 from .index_store import IndexModelMismatch, IndexStore, emotion_bits, style_code
-from .query_text import core_phrase, query_vector
+from .query_text import cores, query_vector
 
 BETA = 0.3
 MIX = 0.5
@@ -149,7 +149,7 @@ class IndexSearcher(IndexStore):
             has = self._ocr_pos[where] == pos
             out[has] = self._ocr_vecs[where[has]] @ qt
             # the query and its core (来个晚安的表情 and 晚安) each spell a phrase
-            phrases = [p for p in (text, core_phrase(text)) if p] if isinstance(text, str) else []
+            phrases = [p for p in (text, *cores(text)) if p] if isinstance(text, str) else []
             chars = set(_letters(text)) if phrases else set()
             if chars:
                 lex = np.zeros(len(pos), np.float32)

@@ -17,8 +17,9 @@ import numpy as np
 ZH_PREFIXES = ("能不能给我来个", "可以给我发个", "帮我找一个", "帮我找个", "给我来一个", "给我来个", "给我发一个", "给我发个",
                "给我找一个", "给我找个", "给我一个", "给我一张", "有没有什么", "有没有", "有木有", "我想要一个", "我想要",
                "我要一个", "我要", "来一个", "来一张", "来个", "来张", "来点", "发一个", "发一张", "发个", "发张", "求一个",
-               "求个", "求", "找一个", "找个", "找张", "搜一下", "搜", "要个", "整个", "给我", "一个", "一张", "我们", "我")
-ZH_SUFFIXES = ("的表情包有", "的表情包吗", "的表情包呢", "的表情包", "表情包有", "表情包", "的表情图", "的表情", "的图片", "的贴纸", "的动图", "的图",
+               "求个", "求", "给个", "找一个", "找个", "找张", "搜一下", "搜", "要个", "整个", "给我", "一个", "一张", "我们", "我",
+               "今天", "今晚", "现在", "刚才", "刚刚", "最近")
+ZH_SUFFIXES = ("给我看看", "给我吧", "给我", "的表情包有", "的表情包吗", "的表情包呢", "的表情包", "表情包有", "表情包", "的表情图", "的表情", "的图片", "的贴纸", "的动图", "的图",
                "贴纸", "表情")
 ZH_DEGREE = ("非常", "超级", "有点", "真的", "特别", "好", "太", "很", "超", "真", "巨", "贼")
 # words that start with a degree word but are words of their own (好的 is OK, 好吃 tasty, 太阳 the sun)
@@ -105,13 +106,35 @@ def core_phrase(text: str | None) -> str | None:
     return core
 
 
+def cores(text: str | None) -> list[str]:
+    """What a query asks for, each part once: its core (`core_phrase`) for a short query; for a
+    sentence of up to three short clauses (`今天好累啊，不想上班`), each clause's core, or the clause."""
+    if not text or not text.strip():
+        return []
+    t = text.strip()
+    parts = [p.strip() for p in re.split(r"[，,。；;！!？?\n]+", t) if p.strip()]
+    if len(parts) <= 1:
+        core = core_phrase(t)
+        return [core] if core else []
+    if len(parts) > 3:
+        return []
+    out = []
+    for p in parts:
+        if len(p) > 10 if any("\u4e00" <= c <= "\u9fff" for c in p) else len(p.split()) > 8:
+            return []
+        c = core_phrase(p) or p
+        if any(ch.isalnum() for ch in c) and c not in out:
+            out.append(c)
+    return out
+
+
 def query_vector(model, text: str) -> np.ndarray:
-    """(D,) a text query's vector: the mean of the query's and its core's (`core_phrase`), normalised;
-    the query's own when nothing is cut."""
-    core = core_phrase(text)
-    if core is None:
+    """(D,) a text query's vector: the mean of the query's and its cores' (`cores`), normalised; the
+    query's own when it has none."""
+    parts = cores(text)
+    if not parts:
         return model.encode_texts([text])[0]
-    v = model.encode_texts([text, core]).sum(0)
+    v = model.encode_texts([text, *parts]).sum(0)
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 

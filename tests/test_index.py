@@ -461,7 +461,7 @@ def test_lexical_similarity_finds_a_caption_by_its_words():
 
 
 def test_a_query_is_read_without_its_request_framing():
-    from stickerclip.query_text import core_phrase
+    from stickerclip.query_text import core_phrase, cores
 
     cases = {"好累": "累", "我好累啊": "累", "来个开心的表情包": "开心", "太好笑了": "好笑", "有没有猫猫的图": "猫猫",
              "谢谢老板的表情包有吗": "谢谢老板", "来个好吃的": "好吃", "send me a thumbs up": "thumbs up",
@@ -472,6 +472,11 @@ def test_a_query_is_read_without_its_request_framing():
     for query in ("哭", "cat", "happy", "好的", "好吃", "真香", "累了", "绝了", "今天好累啊，不想上班", "", None,
                   "can you send me a picture of a cat wearing a hat", "来个", "the"):
         assert core_phrase(query) is None, query
+    # a sentence of short clauses: each clause's core, or the clause; longer sentences: nothing
+    assert cores("今天好累啊，不想上班") == ["累", "不想上班"]
+    assert cores("我朋友考试过了，发个庆祝的表情给我") == ["朋友考试过", "庆祝"]
+    assert cores("好累") == ["累"] and cores("哭") == [] and cores("北京是中国的首都吗？") == []
+    assert cores("一，二，三，四") == [] and cores("我昨天晚上和朋友们一起去看了一场电影，很好看") == []
 
 
 def test_search_reads_the_query_and_its_core(tmp_path, tiny):
