@@ -162,3 +162,28 @@ def asks_for_more(text: str | None) -> bool:
     words = re.sub(r"[^a-z' ]+", " ", t).split()
     return (0 < len(words) <= 6 and any(w in EN_MORE for w in words)
             and all(w in EN_MORE or w in EN_MORE_FILLER for w in words))
+
+
+# "ones like this": a message that only points at the sticker sent with it
+ZH_ALIKE = ("差不多", "类似", "一样", "同款", "相似", "相近", "像这", "像它")
+ZH_ALIKE_FILLER = set("找和跟与这那张个款种些的图片表情包贴纸给我来发几点吧呀啊吗呢有没再看看搜一下类！!？?。，,～~ ")
+EN_ALIKE = ("like", "similar", "same", "alike")
+EN_ALIKE_FILLER = EN_MORE_FILLER | {"find", "search", "for", "this", "it", "ones", "more", "stickers", "something", "looks",
+                                    "look", "to", "with", "as", "kind", "of", "what", "is", "are"}
+
+
+def asks_for_alike(text: str | None) -> bool:
+    """Whether a message only asks for stickers like the one sent with it (`找和这张差不多的`,
+    `同款`, `more like this`): a likeness word and nothing else but filler. Empty text is not."""
+    if not text or not text.strip():
+        return False
+    t = text.strip().lower()
+    if any("\u4e00" <= c <= "\u9fff" for c in t):
+        if len(t) > 14 or not any(m in t for m in ZH_ALIKE):
+            return False
+        for m in ZH_ALIKE:
+            t = t.replace(m, "")
+        return all(c in ZH_ALIKE_FILLER for c in t)
+    words = re.sub(r"[^a-z' ]+", " ", t).split()
+    return (0 < len(words) <= 8 and any(w in EN_ALIKE for w in words)
+            and all(w in EN_ALIKE or w in EN_ALIKE_FILLER for w in words))

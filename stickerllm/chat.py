@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from stickerclip.index import BETA, MIX
-from stickerclip.query_text import asks_for_more, query_vector
+from stickerclip.query_text import asks_for_alike, asks_for_more, query_vector
 
 from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
                        greedy_batch, pick, preamble_cache, preamble_prefix, with_prefix)
@@ -195,12 +195,14 @@ class StickerChat:
             sent = torch.nn.functional.normalize(feats[-len(images):].float().mean(0), dim=0).cpu().numpy()
         reason, n = "length", 0
         topic = request_of(message, history)  # what retrieval reads as the user's words
+        # 找和这张差不多的 with a sticker: nothing but likeness to it ranks (as search by a sticker)
+        alike = sent is not None and asks_for_alike(message)
         for kind, value in self._events(enc, feats, s, cancel, user=message):
             if kind == "text":
                 parts.append(value)
                 yield TextChunk(value)
             elif kind == "ret":  # retrieval runs here, in the caller's thread: the batch decodes on
-                hits = self._retrieve(value, s, exclude, sent, topic)
+                hits = self._retrieve(value, replace(s, sticker_mix=0.0) if alike else s, exclude, sent, topic)
                 exclude.update(h.id for h in hits)
                 stickers += [h.id for h in hits]
                 parts.append(RET_TEXT)

@@ -308,7 +308,7 @@ def test_a_sent_sticker_pulls_retrieval_towards_itself(model, tmp_path):
     sent = files[3]
 
     def hits(mix):
-        events = list(chat.chat_stream("找和这张差不多的", images=[sent], settings=ChatSettings(
+        events = list(chat.chat_stream("看看这个", images=[sent], settings=ChatSettings(
             temperature=0.0, max_new_tokens=4, sticker_mix=mix, message_mix=1.0)))
         ret = [e for e in events if isinstance(e, Retrieval)]
         assert len(ret) == 1
@@ -330,6 +330,10 @@ def test_a_sent_sticker_pulls_retrieval_towards_itself(model, tmp_path):
     assert [(h.id, round(h.score, 4)) for h in half] == [(b.id, round(b.score, 4)) for b in both[:8]]
     with pytest.raises(ValueError, match="sticker_mix"):
         ChatSettings(sticker_mix=1.5).checked()
+    # a message that only asks for ones like it: likeness alone, whatever sticker_mix says
+    for text in ("找和这张差不多的", "more like this"):
+        events = list(chat.chat_stream(text, images=[sent], settings=ChatSettings(temperature=0.0, max_new_tokens=4)))
+        assert [h.id for h in [e for e in events if isinstance(e, Retrieval)][0].hits] == [h.id for h in nearest[1:]]
 
 
 def test_retrieval_reads_the_users_message_beside_the_ret_query(model, tmp_path):

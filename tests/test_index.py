@@ -479,6 +479,15 @@ def test_a_query_is_read_without_its_request_framing():
     assert cores("一，二，三，四") == [] and cores("我昨天晚上和朋友们一起去看了一场电影，很好看") == []
 
 
+def test_a_message_that_only_points_at_its_sticker():
+    from stickerclip.query_text import asks_for_alike
+
+    for text in ("找和这张差不多的", "来个和这个一样的", "同款", "有没有类似的", "find more like this", "similar ones please"):
+        assert asks_for_alike(text), text
+    for text in ("找和这张差不多但是哭的", "来个开心的", "something like this but angry", "哭", "", None):
+        assert not asks_for_alike(text), text
+
+
 def test_search_reads_the_query_and_its_core(tmp_path, tiny):
     """A framed query's vector is the normalised mean of the query's and its core's, and its core
     spells the phrase that an OCR caption is matched with (来个晚安的表情 finds 晚安 as 晚安 does)."""
