@@ -25,6 +25,7 @@ from .query_text import cores, query_vector
 
 BETA = 0.3
 MIX = 0.5
+PHRASE_MAX = 64  # longer query texts are not phrase-matched with OCR text
 LEXICAL = 0.8  # share of the OCR-text similarity that is the phrase match of query and OCR text
 # (chosen on the multi-style corpus' valid split: caption queries through the index, MR 71 at 0, 92 at 0.8)
 
@@ -148,9 +149,10 @@ class IndexSearcher(IndexStore):
             where = np.minimum(where, len(self._ocr_pos) - 1)
             has = self._ocr_pos[where] == pos
             out[has] = self._ocr_vecs[where[has]] @ qt
-            # the query and its core (来个晚安的表情 and 晚安) each spell a phrase
-            phrases = [p for p in (text, *cores(text)) if p] if isinstance(text, str) else []
-            chars = set(_letters(text)) if phrases else set()
+            # the query and its cores (来个晚安的表情 and 晚安) each spell a phrase; not a long text (a chat
+            # message): its share of any caption is about 0, and matching it would cost
+            phrases = [p for p in (text, *cores(text)) if p and len(p) <= PHRASE_MAX] if isinstance(text, str) else []
+            chars = set("".join(_letters(p) for p in phrases))
             if chars:
                 lex = np.zeros(len(pos), np.float32)
                 for i in np.flatnonzero(has):

@@ -19,13 +19,18 @@ ZH_PREFIXES = ("能不能给我来个", "可以给我发个", "帮我找一个",
                "我要一个", "我要", "来一个", "来一张", "来个", "来张", "来点", "发一个", "发一张", "发个", "发张", "求一个",
                "求个", "求", "给个", "找一个", "找个", "找张", "搜一下", "搜", "要个", "整个", "给我", "一个", "一张", "我们", "我",
                "今天", "今晚", "现在", "刚才", "刚刚", "最近")
-ZH_SUFFIXES = ("给我看看", "给我吧", "给我", "的表情包有", "的表情包吗", "的表情包呢", "的表情包", "表情包有", "表情包", "的表情图", "的表情", "的图片", "的贴纸", "的动图", "的图",
-               "贴纸", "表情")
+ZH_SUFFIXES = ("的表情给我", "的图给我", "的表情包吗", "的表情包呢", "的表情包", "表情包", "的表情图", "的表情",
+               "的图片", "的贴纸", "的动图", "的图")
+# framing too weak to trust when it leaves one character (我们, 求婚, 搜狗, 一个人 are words; 最近好吗)
+ZH_WEAK = frozenset({"我", "我们", "求", "搜", "一个", "一张", "今天", "今晚", "现在", "刚才", "刚刚", "最近"})
 ZH_DEGREE = ("非常", "超级", "有点", "真的", "特别", "好", "太", "很", "超", "真", "巨", "贼")
 # words that start with a degree word but are words of their own (好的 is OK, 好吃 tasty, 太阳 the sun)
 ZH_WHOLE = frozenset({"好的", "好吃", "好看", "好玩", "好听", "好像", "好友", "好人", "好久", "好多", "好奇", "好运",
-                      "好事", "好评", "真香", "真的", "真相", "真是", "太阳", "太空", "超人", "超市", "很多", "巨人"})
+                      "好事", "好评", "好家伙", "好耶", "好样", "好梦", "好嘞", "好滴", "好好", "真香", "真相", "真是",
+                      "真心", "真人", "太阳", "太空", "太太", "太监", "太极", "超人", "超市", "超越", "很多", "巨人",
+                      "有点东西"})
 ZH_PARTICLES = "吗呢啊呀吧啦哦哇嘛了的～~！!？?。，,. "
+ZH_PUNCT = "～~！!？?。，,. "
 EN_PREFIXES = ("can you send me", "could you send me", "can you find me", "can i get", "do you have", "send me",
                "give me", "find me", "show me", "i want", "i need", "got any", "any", "some", "please", "pls")
 EN_SUFFIXES = ("stickers", "sticker", "emojis", "emoji", "gifs", "gif", "please", "pls", "plz")
@@ -48,23 +53,30 @@ def _cut_suffix(text: str, options) -> str:
 
 
 def _core_zh(text: str) -> str | None:
-    """`text` without framing and one degree word; None when only particles (or nothing) came off."""
-    t, cut, degree = text, False, False
-    for _ in range(3):  # framing nests: 我想要一个好开心的表情包呀
-        if t.strip(ZH_PARTICLES) in ZH_WHOLE:
+    """`text` without framing and one degree word; None when only particles (or nothing) came off, or
+    when weak framing alone (ZH_WEAK) left one character."""
+    t, framing, strong, degree = text, False, False, False
+    for _ in range(3):  # framing nests: 给我来个好开心的表情
+        t = t.lstrip(ZH_PUNCT).rstrip(ZH_PARTICLES)  # 来个了不起的: the 了 of 了不起 stays
+        if t in ZH_WHOLE:
             break
         before = t
-        t = t.strip(ZH_PARTICLES)
-        for step in (lambda x: _cut_prefix(x, ZH_PREFIXES), lambda x: _cut_suffix(x, ZH_SUFFIXES)):
-            after = step(t).strip(ZH_PARTICLES)
-            cut, t = cut or after != t, after
+        after = _cut_prefix(t, ZH_PREFIXES).lstrip(ZH_PUNCT).rstrip(ZH_PARTICLES)
+        if after.startswith("的"):  # 我的天: 我 was not framing
+            after = t
+        if after != t:
+            framing, strong = True, strong or t[: len(t) - len(after)].strip(ZH_PUNCT) not in ZH_WEAK
+        t = after
+        after = _cut_suffix(t, ZH_SUFFIXES).rstrip(ZH_PARTICLES)
+        framing, strong, t = framing or after != t, strong or after != t, after
         if not degree and t not in ZH_WHOLE and not any(t.startswith(w) for w in ZH_WHOLE):
-            after = _cut_prefix(t, ZH_DEGREE).strip(ZH_PARTICLES)
+            after = _cut_prefix(t, ZH_DEGREE).lstrip(ZH_PUNCT).rstrip(ZH_PARTICLES)
             degree, t = after != t, after
-            cut = cut or degree
         if t == before:
             break
-    return t if cut else None
+    if not (framing or degree) or (len(t) == 1 and not (strong or degree)):
+        return None
+    return t
 
 
 def _core_en(text: str) -> str:
@@ -85,9 +97,10 @@ def _core_en(text: str) -> str:
 
 
 def core_phrase(text: str | None) -> str | None:
-    """The query without its request framing, degree words and particles; None when nothing was cut,
-    when nothing would be left, or for sentences (a comma inside, over 10 Han characters or 8 words:
-    a sentence says more than its ends)."""
+    """The query without its request framing, one degree word and particles; None when nothing but
+    case, spaces or particles came off, when nothing would be left, or for sentences (Han text with a
+    comma inside or over 10 characters; over 8 words otherwise: a sentence says more than its ends;
+    `cores` reads short sentences clause by clause)."""
     if not text:
         return None
     t = text.strip()
@@ -101,6 +114,8 @@ def core_phrase(text: str | None) -> str | None:
         if len(t.split()) > 8:
             return None
         core = _core_en(t)
+        if core == " ".join(re.sub(r"[!?.,~]+", " ", t.lower()).split()):
+            return None
     if not core or core == t or not any(ch.isalnum() for ch in core):
         return None
     return core
@@ -168,13 +183,15 @@ def asks_for_more(text: str | None) -> bool:
 ZH_ALIKE = ("差不多", "类似", "一样", "同款", "相似", "相近", "像这", "像它")
 ZH_ALIKE_FILLER = set("找和跟与这那张个款种些的图片表情包贴纸给我来发几点吧呀啊吗呢有没再看看搜一下类！!？?。，,～~ ")
 EN_ALIKE = ("like", "similar", "same", "alike")
-EN_ALIKE_FILLER = EN_MORE_FILLER | {"find", "search", "for", "this", "it", "ones", "more", "stickers", "something", "looks",
-                                    "look", "to", "with", "as", "kind", "of", "what", "is", "are"}
+EN_ASK = {"more", "find", "show", "send", "any", "ones", "something", "similar", "give", "got", "search", "another"}
+EN_ALIKE_FILLER = (EN_MORE_FILLER | EN_ASK | {"for", "this", "it", "to", "with", "as", "kind", "of", "looks", "look"}) - {
+    "do", "i", "you", "can"}
 
 
 def asks_for_alike(text: str | None) -> bool:
     """Whether a message only asks for stickers like the one sent with it (`找和这张差不多的`,
-    `同款`, `more like this`): a likeness word and nothing else but filler. Empty text is not."""
+    `同款`, `more like this`): a likeness word and nothing else but filler; in English a request word
+    too (`i like this` is not a request). Empty text is not."""
     if not text or not text.strip():
         return False
     t = text.strip().lower()
@@ -185,5 +202,5 @@ def asks_for_alike(text: str | None) -> bool:
             t = t.replace(m, "")
         return all(c in ZH_ALIKE_FILLER for c in t)
     words = re.sub(r"[^a-z' ]+", " ", t).split()
-    return (0 < len(words) <= 8 and any(w in EN_ALIKE for w in words)
+    return (0 < len(words) <= 8 and any(w in EN_ALIKE for w in words) and any(w in EN_ASK for w in words)
             and all(w in EN_ALIKE or w in EN_ALIKE_FILLER for w in words))

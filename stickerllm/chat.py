@@ -50,7 +50,8 @@ class ChatSettings:
     top_k: int = 8  # stickers per retrieval
     beta: float = BETA  # weight of stickers' OCR text in the retrieval score
     # when the user sends stickers, retrieval ranks by this share of the reply's query and the rest by
-    # likeness to those stickers (their StickerCLIP vector), as search mixes a text and a sticker (1: query only)
+    # likeness to those stickers (their StickerCLIP vector), as search mixes a text and a sticker (1: query
+    # only); when the message's words only ask for ones like them (找和这张差不多的), by likeness alone
     sticker_mix: float = MIX
     # the <ret> query's share of what retrieval looks for; the rest is StickerCLIP's own vector of the
     # user's message, whose words also count for their phrase match with stickers' OCR text (1: the
@@ -194,7 +195,8 @@ class StickerChat:
         if len(images) and feats is not None:
             sent = torch.nn.functional.normalize(feats[-len(images):].float().mean(0), dim=0).cpu().numpy()
         reason, n = "length", 0
-        topic = request_of(message, history)  # what retrieval reads as the user's words
+        # what retrieval reads as the user's words (再来几个 with a sticker of its own: the message)
+        topic = message if len(images) else request_of(message, history)
         # 找和这张差不多的 with a sticker: nothing but likeness to it ranks (as search by a sticker)
         alike = sent is not None and asks_for_alike(message)
         for kind, value in self._events(enc, feats, s, cancel, user=message):
@@ -552,8 +554,9 @@ def _held_back(text: str, stop: str | None) -> int:
 
 def request_of(message: str, history=()) -> str:
     """The words a retrieval for `message` reads: the message itself, or, when it only asks for more
-    (`再来几个`, `more please`), the last earlier user message that stickers answered (already shown
-    ones stay excluded, so more of the same kind come)."""
+    (`再来几个`, `more please`), the latest earlier user message that stickers answered (already shown
+    ones stay excluded, so more of the same kind come). Not when that message sent stickers or only
+    pointed at them (more like a sticker is not more of its words): the message itself then."""
     if not asks_for_more(message):
         return message
     answered = False
@@ -562,9 +565,12 @@ def request_of(message: str, history=()) -> str:
             answered = bool(turn.get("stickers"))
         elif turn.get("role") == "user" and answered:
             text = turn.get("content") or ""
-            if text.strip() and not asks_for_more(text):
-                return text
-            answered = False
+            if asks_for_more(text):  # a chain of 再来几个: further back
+                answered = False
+                continue
+            if turn.get("images") or not text.strip() or asks_for_alike(text):
+                return message
+            return text
     return message
 
 

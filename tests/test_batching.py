@@ -381,6 +381,12 @@ def test_asking_for_more_retrieves_for_the_earlier_request(model, tmp_path):
                {"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！", "stickers": []}]
     assert request_of("再来点", history) == "有没有猫猫的图"  # past the unanswered 你好 and the earlier 再来几个
     assert request_of("来个狗", history) == "来个狗" and request_of("再来点", []) == "再来点"
+    # the latest answered turn sent a sticker, or only pointed at one: more like a sticker is not its words
+    sent = [{"role": "user", "content": "有没有猫猫的图"}, {"role": "assistant", "content": "", "stickers": ["a"]},
+            {"role": "user", "content": "", "images": ["x.png"]}, {"role": "assistant", "content": "", "stickers": ["b"]}]
+    assert request_of("再来几个", sent) == "再来几个"
+    sent[2] = {"role": "user", "content": "找和这张差不多的", "images": ["x.png"]}
+    assert request_of("再来几个", sent) == "再来几个"
 
     folder = make_gallery(tmp_path / "gallery")
     index = StickerIndex.open(tmp_path / "index", model.clip, ocr=False)

@@ -24,6 +24,8 @@ from train.query_forms import emotion_words, vague_keywords
 NATURAL_EVAL = Path(__file__).resolve().parent / "data" / "natural_eval.jsonl"
 # 40 more sticker requests, written apart from the held-out set, for choosing chat settings
 NATURAL_VALID = Path(__file__).resolve().parent / "data" / "natural_valid.jsonl"
+# 40 more, written after stickerclip.query_text's word lists and read once, to measure them
+NATURAL_FRESH = Path(__file__).resolve().parent / "data" / "natural_fresh.jsonl"
 
 REQUEST_ZH = ["{}", "{}！", "来点{}的", "整个{}表情", "有{}的图吗", "发一张{}", "我需要一个{}的表情包", "{}的图来一张",
               "给我来个{}", "求{}表情", "有没有那种{}的", "找个{}", "想要{}的贴纸", "斗图！{}", "搞个{}的图", "我要{}",

@@ -86,7 +86,8 @@ def draw(forms: dict[str, list[str]], rng: random.Random, weights: dict[str, flo
     """One training text: a form by `weights` (default FORM_WEIGHTS), then a text of it uniformly."""
     names = list(forms)
     weights = FORM_WEIGHTS if weights is None else weights
-    form = rng.choices(names, weights=[weights.get(n, 0.1) for n in names])[0]
+    w = [weights.get(n, 0.1) for n in names]
+    form = rng.choices(names, weights=w if sum(w) > 0 else None)[0]  # only zero-weight forms left: uniform
     return rng.choice(forms[form])
 
 
