@@ -38,6 +38,11 @@ EN_FILLER = ("i'm feeling", "i am feeling", "feeling", "i'm so", "i am so", "i'm
              "really", "a", "an", "the", "one", "ugh", "omg")
 
 
+def _han(text: str) -> bool:
+    """Whether a text has Chinese characters (it is read by the Chinese lists then)."""
+    return any("\u4e00" <= c <= "\u9fff" for c in text)
+
+
 def _cut_prefix(text: str, options) -> str:
     for p in options:
         if text.startswith(p) and len(text) > len(p):
@@ -106,7 +111,7 @@ def core_phrase(text: str | None) -> str | None:
     t = text.strip()
     if not t:
         return None
-    if any("\u4e00" <= c <= "\u9fff" for c in t):
+    if _han(t):
         if len(t) > 10 or any(c in t.strip(ZH_PARTICLES) for c in "，,。；;"):
             return None
         core = _core_zh(t)
@@ -135,7 +140,7 @@ def cores(text: str | None) -> list[str]:
         return []
     out = []
     for p in parts:
-        if len(p) > 10 if any("\u4e00" <= c <= "\u9fff" for c in p) else len(p.split()) > 8:
+        if len(p) > 10 if _han(p) else len(p.split()) > 8:
             return []
         c = core_phrase(p) or p
         if any(ch.isalnum() for ch in c) and c not in out:
@@ -165,18 +170,7 @@ EN_MORE_FILLER = {"please", "pls", "plz", "some", "ones", "one", "stickers", "st
 def asks_for_more(text: str | None) -> bool:
     """Whether a message only asks for more of what came before (`再来几个`, `换一批`, `more please`):
     a more-word and nothing else but filler."""
-    if not text or not text.strip():
-        return False
-    t = text.strip().lower()
-    if any("\u4e00" <= c <= "\u9fff" for c in t):
-        if len(t) > 10 or not any(m in t for m in ZH_MORE):
-            return False
-        for m in ZH_MORE:
-            t = t.replace(m, "")
-        return all(c in ZH_MORE_FILLER for c in t)
-    words = re.sub(r"[^a-z' ]+", " ", t).split()
-    return (0 < len(words) <= 6 and any(w in EN_MORE for w in words)
-            and all(w in EN_MORE or w in EN_MORE_FILLER for w in words))
+    return _only_asks(text, ZH_MORE, ZH_MORE_FILLER, 10, EN_MORE, EN_MORE_FILLER, 6)
 
 
 # "ones like this": a message that only points at the sticker sent with it
@@ -192,15 +186,22 @@ def asks_for_alike(text: str | None) -> bool:
     """Whether a message only asks for stickers like the one sent with it (`找和这张差不多的`,
     `同款`, `more like this`): a likeness word and nothing else but filler; in English a request word
     too (`i like this` is not a request). Empty text is not."""
+    return _only_asks(text, ZH_ALIKE, ZH_ALIKE_FILLER, 14, EN_ALIKE, EN_ALIKE_FILLER, 8, need=EN_ASK)
+
+
+def _only_asks(text, zh_words, zh_filler, zh_max: int, en_words, en_filler, en_max: int, need=None) -> bool:
+    """A short message with one of the key words and nothing else but filler: Han text of at most
+    `zh_max` characters, else at most `en_max` words (one of them in `need`, when given)."""
     if not text or not text.strip():
         return False
     t = text.strip().lower()
-    if any("\u4e00" <= c <= "\u9fff" for c in t):
-        if len(t) > 14 or not any(m in t for m in ZH_ALIKE):
+    if _han(t):
+        if len(t) > zh_max or not any(m in t for m in zh_words):
             return False
-        for m in ZH_ALIKE:
+        for m in zh_words:
             t = t.replace(m, "")
-        return all(c in ZH_ALIKE_FILLER for c in t)
+        return all(c in zh_filler for c in t)
     words = re.sub(r"[^a-z' ]+", " ", t).split()
-    return (0 < len(words) <= 8 and any(w in EN_ALIKE for w in words) and any(w in EN_ASK for w in words)
-            and all(w in EN_ALIKE or w in EN_ALIKE_FILLER for w in words))
+    return (0 < len(words) <= en_max and any(w in en_words for w in words)
+            and (need is None or any(w in need for w in words))
+            and all(w in en_words or w in en_filler for w in words))
