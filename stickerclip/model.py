@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .images import StickerImage, load_sticker
+from .runtime import tokenizer_lock
 
 DEFAULT_MODEL = str(Path(__file__).resolve().parent.parent / "assets" / "stickerclip")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -250,8 +251,9 @@ class StickerCLIP(nn.Module):
         """Texts -> padded ids and mask, cut to the context length (BERT texts lower-cased as cn_clip)."""
         if self.config.text_kind != "llm":
             texts = [t.lower().replace("“", '"').replace("”", '"') for t in texts]
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.context_length,
-                             return_tensors="pt")
+        with tokenizer_lock(self.tokenizer):  # shared with the chat, which encodes with other settings
+            enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.context_length,
+                                 return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     # The one image preprocessing, in two steps so training can keep the uint8 pixels and

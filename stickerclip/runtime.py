@@ -1,8 +1,11 @@
-"""Process-wide settings that make CPU inference and training of the convolutional tower fast."""
+"""Process-wide settings that make CPU inference and training of the convolutional tower fast, and
+the one lock a shared tokenizer is called under."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
+import weakref
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -76,3 +79,22 @@ def release_file_pages(t) -> bool:
         return libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_PAGEOUT) == 0
     except (OSError, AttributeError, ValueError):
         return False
+
+
+_TOKENIZER_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TOKENIZER_LOCKS_LOCK = threading.Lock()
+
+
+def tokenizer_lock(tokenizer) -> threading.Lock:
+    """The lock every call that encodes with `tokenizer` holds. A Hugging Face fast tokenizer keeps
+    its truncation, padding and special-token parsing on the shared Rust backend and sets them at
+    the start of each call: two threads calling it with different settings (the chat's untrusted
+    text with `split_special_tokens`, the text tower's padded and truncated batches) could encode
+    with each other's, so a typed `<start_of_turn>` could become a real turn or a chat prompt be cut
+    to the text tower's context length. Encoding is short (well under a millisecond a text), so one
+    lock per tokenizer costs nothing measurable."""
+    with _TOKENIZER_LOCKS_LOCK:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
+        return lock

@@ -371,7 +371,7 @@ class Reply:
             self.forced, self.asked = (m.specials.end_ret, END_RET, False), "ret"
             return tok, RET, True
         self.seg.append(tok)
-        text = m.tokenizer.decode(self.seg, skip_special_tokens=True)
+        text = m.decode(self.seg)
         if text.endswith("\ufffd"):
             return tok, -1, False  # an incomplete multi-byte character: wait for the rest
         stop = self.stop_text
@@ -389,7 +389,7 @@ class Reply:
 
     def _flush(self) -> None:
         """Send the text not sent yet (a piece held back in case it began the stop text)."""
-        text = self.m.tokenizer.decode(self.seg, skip_special_tokens=True) if self.seg else ""
+        text = self.m.decode(self.seg) if self.seg else ""
         rest = text[len(self.said):].rstrip("\ufffd")
         if rest:
             self.events.put(("text", rest))

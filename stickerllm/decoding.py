@@ -554,7 +554,7 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
     while True:
         logits = m.logits(h).float()
         if guards is not None:
-            logits = torch.stack([g(logits[i], m.tokenizer.decode(res[i]["tokens"], skip_special_tokens=True))
+            logits = torch.stack([g(logits[i], m.decode(res[i]["tokens"]))
                                   for i, g in enumerate(guards)])
         if not allow_ret:
             logits[:, m.specials.ret] = float("-inf")
@@ -588,7 +588,7 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
             else:
                 res[i]["tokens"].append(t)
                 feed[i] = t
-                if stop_text and stop_text in m.tokenizer.decode(res[i]["tokens"], skip_special_tokens=True):
+                if stop_text and stop_text in m.decode(res[i]["tokens"]):
                     if force_ret:
                         feed[i], kind[i], pending[i] = m.specials.ret, RET, True
                     else:

@@ -18,7 +18,6 @@ stay bit-identical whatever the optimizer does.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .prompt import Encoded, PromptBuilder, pad
-from .tokens import END_IMG, END_RET, IMG, PRET, RET, SPECIAL_TOKENS, Specials, add_special_tokens
+from .tokens import END_IMG, END_RET, IMG, PRET, RET, SPECIAL_TOKENS, Specials, special_ids
 
 FORMAT = "stickerllm/1"
 ADAPTER_FILE = "adapter.safetensors"
@@ -69,8 +68,8 @@ class StickerLLM(nn.Module):
     def __init__(self, llm, tokenizer, config: StickerLLMConfig, clip=None, init: bool = True):
         super().__init__()
         self.llm = llm.requires_grad_(False).eval()
-        self.tokenizer = copy.deepcopy(tokenizer)  # the shared tokenizer (StickerCLIP's) stays as it was
-        self.specials: Specials = add_special_tokens(self.tokenizer)
+        self.tokenizer = tokenizer  # the LLM's own, shared with StickerCLIP's text tower: never modified
+        self.specials: Specials = special_ids(tokenizer)
         object.__setattr__(self, "clip", clip)  # not a submodule: shared, frozen, saved on its own
         self.config = config
         emb = llm.get_input_embeddings()
@@ -178,6 +177,10 @@ class StickerLLM(nn.Module):
     def logit_cap(self) -> float | None:
         """The LLM's final logit soft-capping (`soft_cap`), None where it has none."""
         return getattr(self.llm.config.get_text_config(), "final_logit_softcapping", None)
+
+    def decode(self, ids) -> str:
+        """The text of generated `ids`: special tokens, StickerLLM's fresh ids among them, dropped."""
+        return self.tokenizer.decode([i for i in ids if i < self.specials.base_len], skip_special_tokens=True)
 
     def set_prompt(self, style: str) -> None:
         """Use the chat format `style` (prompt.STYLES) from now on (for evaluating older recipes)."""

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stickerclip.runtime import tokenizer_lock
+
 from .tokens import END_IMG, IMG, PRET, SPECIAL_TOKENS, Specials
 
 GEMMA_TURNS = (
@@ -176,12 +178,15 @@ class PromptBuilder:
         """Ids of untrusted text: special-token strings are split into plain text."""
         if not text:
             return []
-        return list(self.tokenizer(valid_text(text), add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        with tokenizer_lock(self.tokenizer):
+            return list(self.tokenizer(valid_text(text), add_special_tokens=False,
+                                       split_special_tokens=True)["input_ids"])
 
     def _template_text(self, text: str) -> list[int]:
         if not text:
             return []
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with tokenizer_lock(self.tokenizer):  # the template's own control tokens are parsed
+            return list(self.tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"])
 
     def _special(self, enc: Encoded, k: int) -> None:
         enc.extend([self.specials.ids[k]], special=k)

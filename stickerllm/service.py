@@ -372,7 +372,7 @@ class StickerService:
             self.model.set_head_dtype(head)
             from stickerclip.runtime import trim_freed_memory
 
-            trim_freed_memory()  # the tokenizer copy's and the head copy's temporaries
+            trim_freed_memory()  # loading's temporaries (the head copy's)
             self.chatter = StickerChat(self.model, self.indexes, max_batch=self.options.chat_batch,
                                            turn_cache_bytes=self.options.chat_cache_mb << 20)
             self._set("chat", Phase.READY, "ready")

@@ -1,10 +1,13 @@
-"""StickerLLM's special tokens (paper Table 2), added to a copy of the LLM's tokenizer.
+"""StickerLLM's special tokens (paper Table 2) and their ids in an LLM's tokenizer.
 
-Ids are always read from the tokenizer after adding, never written in code. A tokenizer may
-already hold one of these strings as an ordinary token (Gemma's vocabulary has `<img>` and
-`</img>` as HTML tags): such a token is used only as an input marker that StickerLLM itself places
-(user text never produces a marker, see `prompt.py`), while the tokens the model must emit
-(`<ret>`, `</ret>`) have to get fresh ids, or we refuse the tokenizer.
+The tokenizer is not modified and not copied: it is the LLM's own, shared with StickerCLIP's text
+tower (a copy of Gemma's 262k-word tokenizer is ~100 MB resident). StickerLLM never tokenizes these
+strings from text: it places them by position (`prompt.py`; user text never produces a marker) and
+drops fresh ids before decoding (`StickerLLM.decode`), so nothing needs adding. Ids are read from
+the tokenizer, never written in code: a string the vocabulary already holds as an ordinary token
+(Gemma's `<img>` and `</img>`, HTML tags) keeps its id and is used only as an input marker, and the
+others get fresh ids after the vocabulary, in order (the ids `tokenizer.add_tokens` would give).
+The tokens the model must emit (`<ret>`, `</ret>`) have to be fresh, or we refuse the tokenizer.
 """
 from __future__ import annotations
 
@@ -20,8 +23,8 @@ class Specials:
     """Ids of the special tokens in one tokenizer."""
 
     ids: tuple[int, ...]  # tokenizer id of each of SPECIAL_TOKENS
-    new: tuple[bool, ...]  # whether the id was created by adding (else an ordinary vocabulary token)
-    base_len: int  # the tokenizer's length before adding
+    new: tuple[bool, ...]  # whether the id is fresh, after the vocabulary (else an ordinary vocabulary token)
+    base_len: int  # the tokenizer's length: fresh ids start here
 
     @property
     def ret(self) -> int:
@@ -36,29 +39,20 @@ class Specials:
         return [(k, i) for k, (i, fresh) in enumerate(zip(self.ids, self.new)) if fresh]
 
 
-def add_special_tokens(tokenizer) -> Specials:
-    """Add SPECIAL_TOKENS to `tokenizer` (modified in place: pass a copy) -> their ids.
-
-    Raises ValueError when a token does not encode to exactly one id, two tokens share an id, or a
-    token the model emits already exists as an ordinary token."""
-    from transformers import AddedToken
-
+def special_ids(tokenizer) -> Specials:
+    """The ids of SPECIAL_TOKENS in `tokenizer` (not modified). Raises ValueError when a token the
+    model emits already exists as an ordinary token."""
     base_len = len(tokenizer)
-    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False,
-                                     single_word=False) for t in SPECIAL_TOKENS], special_tokens=True)
-    ids = []
+    ids, new = [], []
     for t in SPECIAL_TOKENS:
-        enc = tokenizer(t, add_special_tokens=False)["input_ids"]
-        if len(enc) != 1:
-            raise ValueError(f"special token {t!r} encodes to {len(enc)} ids {enc}, not one")
-        if tokenizer.convert_tokens_to_ids(t) != enc[0]:
-            raise ValueError(f"special token {t!r}: the tokenizer's vocabulary and its encoding disagree")
-        ids.append(int(enc[0]))
+        i = tokenizer.convert_tokens_to_ids(t)
+        known = i is not None and (i != tokenizer.unk_token_id or t == tokenizer.unk_token)
+        ids.append(int(i) if known else base_len + sum(new))
+        new.append(not known)
     if len(set(ids)) != len(ids):
         raise ValueError(f"special tokens share ids: {dict(zip(SPECIAL_TOKENS, ids))}")
-    new = tuple(i >= base_len for i in ids)
     for k in EMITTED:
         if not new[k]:
             raise ValueError(f"{SPECIAL_TOKENS[k]!r} is already the ordinary token {ids[k]} of this tokenizer; "
                              "StickerLLM needs a fresh id for a token the model emits")
-    return Specials(tuple(ids), new, base_len)
+    return Specials(tuple(ids), tuple(new), base_len)

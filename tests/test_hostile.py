@@ -25,7 +25,7 @@ from stickerclip.factory import load_model
 from stickerllm.chat import ChatSettings
 from stickerllm.prompt import PromptBuilder, valid_text
 from stickerllm.service import ChatSession
-from stickerllm.tokens import IMG, END_IMG, PRET, add_special_tokens
+from stickerllm.tokens import IMG, END_IMG, PRET, special_ids
 from tests import hostile
 
 KINDS = hostile.corpus(0)
@@ -430,7 +430,7 @@ def builders():
         tok = bert_tokenizer()
         if template != "plain":
             tok.add_special_tokens({"additional_special_tokens": list(TURNS)})
-        specials = add_special_tokens(tok)
+        specials = special_ids(tok)
         built_in = template in ("gemma", "fewshot", "plain")
         if not built_in:
             tok.chat_template = template

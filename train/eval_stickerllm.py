@@ -99,7 +99,7 @@ def general(model, rows, max_new_tokens: int, batch_size: int = 16) -> dict:
     stop_text = model.builder.format.stop_text
 
     def said(tokens):  # the reply as shown: up to the end of its turn
-        text = model.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = model.decode(tokens)
         return text.split(stop_text)[0] if stop_text else text
 
     no_ret = sum(not m["ret"] for m in mine)

@@ -120,7 +120,7 @@ def general_answers(model, rows, max_tokens: int, log) -> list[tuple[str, str]]:
 def base_reply(model, enc, max_tokens: int, stop_ids) -> str:
     """The frozen LLM's own greedy reply (`StickerLLM.frozen_generate`), decoded without special tokens,
     up to the end of its turn."""
-    text = model.tokenizer.decode(model.frozen_generate([enc], max_tokens, stop_ids)[0], skip_special_tokens=True)
+    text = model.decode(model.frozen_generate([enc], max_tokens, stop_ids)[0])
     stop = model.builder.format.stop_text
     return text.split(stop)[0] if stop else text
 
