@@ -76,15 +76,16 @@ def force_retrieval(chatter, delay: float = 0.0) -> None:
 
     def forcing_reply(*args, **kwargs):
         reply = make_reply(*args, **kwargs)
-        choose = reply.choose
+        bans = reply.guard.bans
 
-        def first_ret(lg):
-            if reply.n == 0 and lg is not None:
-                lg = lg.clone()
-                lg[model.specials.ret] = 1e4
-            return choose(lg)
+        def first_ret(said, width):  # the first token: every token but <ret> banned
+            if reply.n == 0:
+                others = torch.ones(width, dtype=torch.bool)
+                others[model.specials.ret] = False
+                return [others.nonzero()[:, 0]]
+            return bans(said, width)
 
-        reply.choose = first_ret
+        reply.guard.bans = first_ret
         return reply
 
     model.logits = slow_logits

@@ -27,17 +27,18 @@ from stickerclip.index import BETA, MIX
 from stickerclip.query_text import asks_for_alike, asks_for_more, query_vector
 
 from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
-                       greedy_batch, pick, preamble_cache, preamble_prefix, with_prefix)
+                       greedy_batch, pick_rows, preamble_cache, preamble_prefix, with_prefix)
 from .model import StickerLLM
 from .prompt import Encoded
 from .tokens import END_RET, RET, SPECIAL_TOKENS
 
 # decoding lives in stickerllm.decoding; these names are imported from here too
 __all__ = ["Busy", "ChatSettings", "Done", "DynamicDecoder", "Guards", "Retrieval", "ScriptTable", "StaticDecoder",
-           "Reply", "StickerChat", "TextChunk", "chat_stream", "greedy_batch", "preamble_cache", "script_table",
-           "with_prefix"]
+           "Reply", "StickerChat", "TextChunk", "apply_guards", "chat_stream", "greedy_batch", "preamble_cache",
+           "script_table", "with_prefix"]
 
 RET_TEXT = SPECIAL_TOKENS[RET] + SPECIAL_TOKENS[END_RET]
+_PICK = object()  # Reply._before: the guards and sampling choose this step's token
 SAME_PICTURE = 0.995  # image similarity above which a retrieved sticker is the one the user sent
 SAME_PICTURE_SPARE = 4  # extra hits asked for, to fill top_k after dropping those
 MESSAGE_MIX = 0.3  # the <ret> query's share of the retrieval query, the rest the user's message (chosen on
@@ -347,7 +348,57 @@ class Reply:
 
     def choose(self, logits: torch.Tensor | None):
         """(V,) logits after the last token fed -> (token, special index, query state wanted) to
-        feed next, or None when the reply has ended."""
+        feed next, or None when the reply has ended (`choose_all` of this reply alone)."""
+        feed = Reply.choose_all([self], None if logits is None else logits[None])[0]
+        return None if feed is False else feed
+
+    @staticmethod
+    def choose_all(replies: list["Reply"], logits: torch.Tensor | None) -> list:
+        """One decoding step of several replies. `logits` (k, V): the logits after the last token fed
+        of each reply that `needs_logits`, in order (None when none does) -> per reply the next
+        (token, special index, query state wanted) to feed, None where it has ended, or False where
+        choosing failed (the reply got the error). The guards and the sampling of all the rows run
+        as one set of tensor ops (`apply_guards`, `pick_rows`), the same for one reply as for a
+        batch: per-row ops would cost a decoding step as much again at sixteen rows."""
+        out: list = [False] * len(replies)
+        picking, rows = [], []
+        k = 0
+        for i, r in enumerate(replies):
+            row = k if r.needs_logits else None
+            k += row is not None
+            try:
+                feed = r._before()
+            except Exception as exc:
+                r.failed(exc)
+                continue
+            if feed is _PICK:
+                picking.append(r)
+                rows.append(row)
+            else:
+                out[i] = feed
+        if not picking:
+            return out
+        try:
+            sub = logits[rows].float()  # (n, V), a copy: guarded in place
+            apply_guards(sub, [r.guard for r in picking], [r.said for r in picking],
+                         [r._stop if r.n < r.s.min_new_tokens else () for r in picking])
+            toks = pick_rows(sub, [r.s.temperature for r in picking], [r.s.top_p for r in picking],
+                             [r.gen for r in picking])
+        except Exception as exc:
+            for r in picking:
+                r.failed(exc)
+            return out
+        at = {id(r): i for i, r in enumerate(replies)}
+        for r, tok in zip(picking, toks):
+            try:
+                out[at[id(r)]] = r._after(tok)
+            except Exception as exc:
+                r.failed(exc)
+        return out
+
+    def _before(self):
+        """What this step feeds before any sampling: a forced token, None (ended), the `<ret>` of an
+        ending that appends one, or _PICK: the guards and sampling choose."""
         if self.done:
             return None
         if self.forced is not None:
@@ -355,13 +406,13 @@ class Reply:
             return feed
         if self.abandoned or (self.cancel is not None and self.cancel.is_set()):
             return self.end("cancelled")
-        s, m = self.s, self.m
-        if self.n >= s.max_new_tokens:
+        if self.n >= self.s.max_new_tokens:
             return self.end("length")
-        logits = self.guard(logits, self.said)
-        if self.n < s.min_new_tokens and self._stop:
-            logits[self._stop] = float("-inf")
-        tok = pick(logits, s.temperature, s.top_p, self.gen)
+        return _PICK
+
+    def _after(self, tok: int):
+        """The sampled `tok` -> what to feed (see `choose`); text events as it completes words."""
+        m, s = self.m, self.s
         self.n += 1
         if tok in self.stop_ids:
             return self.end("stop")
@@ -426,7 +477,8 @@ class Guards:
     message and the reply so far, no repeated n-gram within the reply, letters only of the scripts
     the user wrote in, one sticker gallery per reply, no line break before the reply has said
     anything (one line per reply), and no words that begin with a comma or a full stop after the
-    reply's gallery (`<ret></ret>，谢谢` read as a reply starting with "，")."""
+    reply's gallery (`<ret></ret>，谢谢` read as a reply starting with "，"). `apply_guards` applies
+    those of many replies at once."""
 
     def __init__(self, model: StickerLLM, s: ChatSettings, user: str, stop_text: str | None):
         self.s = s
@@ -434,44 +486,80 @@ class Guards:
         self.retrieved = False  # one sticker gallery per reply
         self.ids: list[int] = []  # the reply's tokens, specials included
         self.seen = set(model.builder.text(user)) if s.repetition_penalty > 1 else set()
+        self._seen_ids = None  # `seen` as a sorted LongTensor, made again when it grows
         self.mask = script_table(model).mask_for(user) if s.same_script else None
         self.breaks = script_table(model).breaks if stop_text == "\n" else None
         self.leads = script_table(model).leads
 
     def add(self, tok: int) -> None:
         self.ids.append(tok)
-        if self.s.repetition_penalty > 1:
+        if self.s.repetition_penalty > 1 and tok not in self.seen:
             self.seen.add(tok)
+            self._seen_ids = None
         if tok == self.ret:
             self.retrieved = True
 
-    def __call__(self, logits: torch.Tensor, said: str) -> torch.Tensor:
-        """(V,) logits of the next token -> guarded logits (a new tensor)."""
-        s = self.s
-        if self.mask is not None:
-            logits = logits + self.mask.to(logits.device)[:logits.shape[-1]]
-        else:
-            logits = logits.clone()
-        if self.seen:
-            idx = torch.tensor(sorted(i for i in self.seen if i < logits.shape[-1]), dtype=torch.long,
-                               device=logits.device)
-            v = logits[idx]
-            logits[idx] = torch.where(v > 0, v / s.repetition_penalty, v * s.repetition_penalty)
-        k = s.no_repeat_ngram
+    def seen_ids(self, width: int) -> torch.Tensor:
+        """(n,) the ids the repetition penalty falls on, below `width`."""
+        if self._seen_ids is None:
+            self._seen_ids = torch.tensor(sorted(self.seen), dtype=torch.long)
+        return self._seen_ids[self._seen_ids < width]
+
+    def bans(self, said: str, width: int) -> list:
+        """Ids (lists or LongTensors, below `width`) the next token may not be, given the text
+        `said` so far."""
+        out = []
+        k = self.s.no_repeat_ngram
         if k and len(self.ids) >= k - 1:
             tail = tuple(self.ids[len(self.ids) - k + 1:]) if k > 1 else ()
-            banned = [self.ids[i + k - 1] for i in range(len(self.ids) - k + 1)
-                      if tuple(self.ids[i:i + k - 1]) == tail]
-            if banned:
-                logits[banned] = float("-inf")
-        if self.retrieved:
-            logits[self.ret] = float("-inf")
+            out.append([self.ids[i + k - 1] for i in range(len(self.ids) - k + 1)
+                        if tuple(self.ids[i:i + k - 1]) == tail and self.ids[i + k - 1] < width])
+        if self.retrieved and self.ret < width:
+            out.append([self.ret])
         if not said.strip():
             if self.breaks is not None:
-                logits[self.breaks[self.breaks < logits.shape[-1]]] = float("-inf")
+                out.append(self.breaks[self.breaks < width])
             if self.ids:  # after the gallery (not at the first position, where <ret> is decided)
-                logits[self.leads[self.leads < logits.shape[-1]]] = float("-inf")
-        return logits
+                out.append(self.leads[self.leads < width])
+        return out
+
+    def __call__(self, logits: torch.Tensor, said: str) -> torch.Tensor:
+        """(V,) logits of the next token -> guarded logits (a new tensor)."""
+        return apply_guards(logits[None].clone(), [self], [said])[0]
+
+
+def apply_guards(logits: torch.Tensor, guards: list, said: list[str], banned: list | None = None) -> torch.Tensor:
+    """(n, V) next-token logits of n replies, guarded in place, row j by `guards[j]` (None: not
+    guarded) given the text `said[j]` of its reply so far; `banned[j]`: more ids row j may not take.
+    Returns `logits`. Scripts masks are added row by row; the repetition penalties are one gather and
+    one scatter per penalty value and the bans one scatter, over all the rows."""
+    n, V = logits.shape
+    dev = logits.device
+    pen: dict[float, tuple[list, list]] = {}  # penalty -> (rows, ids)
+    ban_rows, ban_ids = [], []
+    for j, g in enumerate(guards):
+        bans = [banned[j]] if banned is not None and len(banned[j]) else []
+        if g is not None:
+            if g.mask is not None:
+                logits[j].add_(g.mask.to(dev)[:V])
+            ids = g.seen_ids(V)
+            if len(ids):
+                rows, cols = pen.setdefault(g.s.repetition_penalty, ([], []))
+                rows.append(torch.full_like(ids, j))
+                cols.append(ids)
+            bans += g.bans(said[j], V)
+        for b in bans:
+            b = torch.as_tensor(b, dtype=torch.long)
+            if len(b):
+                ban_rows.append(torch.full_like(b, j))
+                ban_ids.append(b)
+    for p, (rows, cols) in pen.items():
+        r, c = torch.cat(rows).to(dev), torch.cat(cols).to(dev)
+        v = logits[r, c]
+        logits[r, c] = torch.where(v > 0, v / p, v * p)
+    if ban_rows:
+        logits[torch.cat(ban_rows).to(dev), torch.cat(ban_ids).to(dev)] = float("-inf")
+    return logits
 
 
 class ScriptTable:

@@ -4,7 +4,7 @@ preamble's cached prefix, and batched greedy decoding for evaluation.
 - `DynamicDecoder` (the LLM's default cache; a prompt that starts with the preamble reuses its KV
   cache) and `StaticDecoder` (a preallocated cache, optionally a compiled step): `start` prefills a
   prompt, `step` feeds one token; what `StickerChat` decodes with;
-- `pick`: greedy at temperature 0, else nucleus sampling;
+- `pick_rows` (`pick` for one row): greedy at temperature 0, else nucleus sampling, for many rows at once;
 - `preamble_cache` / `with_prefix`: the few-shot preamble run once per adapter state, shared by the
   prompts that start with it;
 - `BatchDecoder`: continuous batching: replies of different conversations decode together in one
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from stickerclip.runtime import trim_freed_memory
 
@@ -73,6 +74,73 @@ def with_prefix(model: StickerLLM, encs: list[Encoded]):
     return n, cache, [Encoded(e.ids[n:], e.special[n:], e.slot[n:]) for e in encs]
 
 
+SPARE_COLUMNS = 64  # room a decoding KV cache keeps after its tokens, so a step writes in place
+
+
+def _append(layer, key_states: torch.Tensor, value_states: torch.Tensor, keep: int | None = None):
+    """Append the (B, h, n, d) states to `layer` in place -> the cached and the new columns,
+    (B, h, L + n, d) each; the layer then holds their last `keep` columns (all when None). The
+    columns live in a buffer with SPARE_COLUMNS of room after them, made again when it is full or
+    when the layer's columns were reassigned from outside (`Rows`, the TurnCache)."""
+    k, v, n = layer.keys, layer.values, key_states.shape[-2]
+    held = getattr(layer, "_held", None)  # (key buffer, value buffer, start, end, keys view, values view)
+    if (held is None or held[4] is not k or held[5] is not v or held[3] + n > held[0].shape[-2]
+            or held[0].shape[:2] != key_states.shape[:2]):
+        L = k.shape[-2] if k is not None and k.dim() == 4 else 0
+        B, h, _, d = key_states.shape
+        kb = key_states.new_empty(B, h, L + n + SPARE_COLUMNS, d)
+        vb = value_states.new_empty(B, h, L + n + SPARE_COLUMNS, value_states.shape[-1])
+        if L:
+            kb[:, :, :L], vb[:, :, :L] = k, v
+        held = (kb, vb, 0, L, None, None)
+    kb, vb, start, end = held[:4]
+    kb[:, :, end:end + n], vb[:, :, end:end + n] = key_states, value_states
+    end += n
+    full = kb[:, :, start:end], vb[:, :, start:end]
+    if keep is not None and end - start > keep:
+        start = end - keep
+    layer.keys, layer.values = kb[:, :, start:end], vb[:, :, start:end]
+    layer._held = (kb, vb, start, end, layer.keys, layer.values)
+    return full
+
+
+class _AppendingLayer(DynamicLayer):
+    """A dynamic KV cache layer whose `update` writes the new columns into spare room after the
+    cached ones (`_append`) where the LLM's own concatenates: torch.cat copied a batch's whole cache
+    at every step, 28 % of a 16-row decoding step on a CPU. `keys` and `values` stay views of exactly
+    the cached columns, so whatever reads or reassigns them (HF's attention and masks, `Rows`, the
+    TurnCache) sees a dynamic layer."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        return _append(self, key_states, value_states)
+
+
+class _AppendingSlidingLayer(DynamicSlidingWindowLayer):
+    """`_AppendingLayer` for a sliding-window layer: it keeps the last `sliding_window - 1` columns
+    and returns them with the new ones, as the dynamic layer does."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.record_past:
+            return super().update(key_states, value_states, *args, **kwargs)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.cumulative_length += key_states.shape[-2]
+        return _append(self, key_states, value_states, keep=self.sliding_window - 1)
+
+
+def appending(cache):
+    """`cache` (the LLM's DynamicCache), its plain dynamic layers made `_Appending` in place; returns
+    it. Other kinds of layer are left as they are."""
+    for layer in getattr(cache, "layers", ()):
+        if type(layer) is DynamicLayer:
+            layer.__class__ = _AppendingLayer
+        elif type(layer) is DynamicSlidingWindowLayer:
+            layer.__class__ = _AppendingSlidingLayer
+    return cache
+
+
 class DynamicDecoder:
     """Token-by-token decoding with the LLM's default (dynamic) KV cache. `prefix`: (length, cache)
     of a prompt prefix already run (the preamble), copied for each prompt that starts with it."""
@@ -90,7 +158,7 @@ class DynamicDecoder:
             n, cache = self.prefix[0], self.prefix[1]
             cache = copy.deepcopy(cache) if self.copy_prefix else cache
         out = self.model.hidden(embeds[:, n:], past_key_values=cache, use_cache=True)
-        self.cache = out.past_key_values
+        self.cache = appending(out.past_key_values)  # each step then writes in place
         return out.last_hidden_state[:, -1]
 
     def step(self, tok: int, special: int = -1, query: bool = False) -> torch.Tensor:
@@ -160,12 +228,15 @@ class Row(Protocol):
     """One reply as BatchDecoder drives it (`stickerllm.chat.Reply` is the one implementation: the
     chat's decoding policy). Called from the decoder's thread."""
 
-    needs_logits: bool  # whether the next `choose` reads logits (not for a forced token)
+    needs_logits: bool  # whether the row's next choice reads logits (not for a forced token)
     abandoned: bool  # nobody reads this reply any more: it is dropped before its prefill
 
-    def choose(self, logits: torch.Tensor | None) -> tuple[int, int, bool] | None:
-        """(V,) logits after the last token fed -> the next (token, special index or -1, whether its
-        query-layer state is wanted), or None: the reply has ended."""
+    @staticmethod
+    def choose_all(rows: list["Row"], logits: torch.Tensor | None) -> list:
+        """One step of `rows`: `logits` (k, V) after the last token fed of each row that
+        `needs_logits`, in order (None when none does) -> per row the next (token, special index or
+        -1, whether its query-layer state is wanted), None where it has ended, or False where
+        choosing failed (the row has been told, by `failed`)."""
 
     def queried(self, state: torch.Tensor) -> None:
         """The (H,) query-layer state of the token fed with its state wanted."""
@@ -443,14 +514,7 @@ class BatchDecoder:
         m = self.model
         need = [i for i, s in enumerate(rows) if s.row.needs_logits]
         logits = m.logits(batch.h[need]).float() if need else None  # (len(need), V)
-        at = {i: k for k, i in enumerate(need)}
-        feeds = []
-        for i, s in enumerate(rows):
-            try:
-                feeds.append(s.row.choose(logits[at[i]] if i in at else None))
-            except Exception as exc:
-                s.row.failed(exc)
-                feeds.append(False)
+        feeds = rows[0].row.choose_all([s.row for s in rows], logits)
         for i, f in enumerate(feeds):  # a reply that ended: its cache serves the conversation's next turn
             if f is None and self.turns is not None and not rows[i].row.abandoned:
                 self.turns.put(tuple(rows[i].key), batch.copy_row(i))
@@ -483,18 +547,43 @@ NUCLEUS_CANDIDATES = 256  # most likely tokens looked at first for the nucleus (
 
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator) -> int:
-    """Greedy at temperature 0, else nucleus sampling: a draw from the smallest set of most likely
-    tokens whose probability reaches `top_p`, renormalised. Banned tokens are -inf and never drawn.
-    The nucleus is found among the top NUCLEUS_CANDIDATES tokens (widened until it fits), not by
-    sorting the whole vocabulary: on a 262k vocabulary that sort and a multinomial over it cost
-    ~100 ms a token on a CPU."""
-    if temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, -1)
-    if top_p >= 1.0:
-        return _draw(probs, gen)
-    p, order = nucleus(probs, top_p)
-    return int(order[_draw(p, gen)])
+    """A token for (V,) `logits`: `pick_rows` of one row."""
+    return pick_rows(logits[None], [temperature], [top_p], [gen])[0]
+
+
+def pick_rows(logits: torch.Tensor, temperature: list[float], top_p: list[float], gens: list) -> list[int]:
+    """(n, V) logits -> a token per row: greedy where the row's temperature is 0, else nucleus
+    sampling: a draw, from the row's own generator, from the smallest set of most likely tokens
+    whose probability reaches its `top_p`, renormalised. Banned tokens are -inf and never drawn.
+    The nucleus is found among the top NUCLEUS_CANDIDATES tokens (widened for a row where it does
+    not fit), not by sorting the whole vocabulary: on a 262k vocabulary that sort and a multinomial
+    over it cost ~100 ms a token on a CPU. One argmax, one softmax and one top-k serve all the rows:
+    a row's token does not depend on the others'."""
+    out = [0] * logits.shape[0]
+    cold = [j for j, t in enumerate(temperature) if t <= 0]
+    if cold:
+        for j, tok in zip(cold, logits[cold].argmax(-1).tolist()):
+            out[j] = tok
+    hot = [j for j, t in enumerate(temperature) if t > 0]
+    if not hot:
+        return out
+    temps = torch.tensor([[temperature[j]] for j in hot], dtype=torch.float32, device=logits.device)
+    probs = torch.softmax(logits[hot].float() / temps, -1)  # (h, V)
+    V = probs.shape[-1]
+    narrow = [r for r, j in enumerate(hot) if top_p[j] < 1.0]
+    top = torch.topk(probs[narrow], min(NUCLEUS_CANDIDATES, V)) if narrow else None
+    at = {r: q for q, r in enumerate(narrow)}
+    for r, j in enumerate(hot):
+        if top_p[j] >= 1.0:
+            out[j] = _draw(probs[r], gens[j])
+            continue
+        p, order = top.values[at[r]], top.indices[at[r]]
+        if len(p) < V and float(p.sum()) < top_p[j]:
+            p, order = nucleus(probs[r], top_p[j])  # wider than the candidates
+        else:
+            p = _within(p, top_p[j])
+        out[j] = int(order[_draw(p, gens[j])])
+    return out
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -507,9 +596,14 @@ def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tens
         if k == V or float(p.sum()) >= top_p:
             break
         k = min(k * 8, V)
+    return _within(p, top_p), order
+
+
+def _within(p: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(k,) probabilities, most likely first -> zero past the nucleus of `top_p` (the first kept)."""
     keep = torch.cumsum(p, 0) - p < top_p
     keep[0] = True
-    return torch.where(keep, p, torch.zeros_like(p)), order
+    return torch.where(keep, p, torch.zeros_like(p))
 
 
 def _draw(p: torch.Tensor, gen: torch.Generator) -> int:
@@ -535,7 +629,7 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
     `on_step(rows, hidden, logits)` sees, at every step, the prompts still choosing a token (rows:
     their indices), their final hidden states and (guarded) logits. For evaluation: batched decoding
     is much faster on a CPU, where each step reads the whole LM head."""
-    from .chat import Guards  # the chat's decoding policy (chat imports this module)
+    from .chat import Guards, apply_guards  # the chat's decoding policy (chat imports this module)
 
     m = model
     dev = m.device
@@ -545,7 +639,7 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
     mask = torch.cat([torch.ones((B, P), dtype=torch.long, device=dev), mask], 1)  # (B, P + T)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P:]
     out = m.hidden(embeds, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True, query=True)
-    cache, h, hq = out.past_key_values, out.last_hidden_state[:, -1], m.query_states(out)[:, -1]
+    cache, h, hq = appending(out.past_key_values), out.last_hidden_state[:, -1], m.query_states(out)[:, -1]
     nxt = pos[:, -1] + 1
     stop = set(int(t) for t in stop_ids)
     res = [{"tokens": [], "ret": False, "query": None} for _ in range(B)]
@@ -554,8 +648,7 @@ def greedy_batch(model: StickerLLM, encs: list[Encoded], feats: list, max_new_to
     while True:
         logits = m.logits(h).float()
         if guards is not None:
-            logits = torch.stack([g(logits[i], m.decode(res[i]["tokens"]))
-                                  for i, g in enumerate(guards)])
+            apply_guards(logits, guards, [m.decode(r["tokens"]) for r in res])
         if not allow_ret:
             logits[:, m.specials.ret] = float("-inf")
         if on_step is not None:

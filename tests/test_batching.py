@@ -11,8 +11,8 @@ from devkit.tinymodels import tiny_llm
 from stickerclip.index import StickerIndex
 from stickerclip.model import StickerCLIP, named_config
 from stickerclip.query_text import query_vector
-from stickerllm.chat import Busy, ChatSettings, Done, Retrieval, StickerChat, TextChunk
-from stickerllm.decoding import BatchDecoder, DynamicDecoder, Rows, nucleus, pick
+from stickerllm.chat import Busy, ChatSettings, Done, Guards, Retrieval, StickerChat, TextChunk, apply_guards
+from stickerllm.decoding import BatchDecoder, DynamicDecoder, Rows, nucleus, pick, pick_rows
 from stickerllm.model import StickerLLM, StickerLLMConfig
 
 MESSAGES = ["你好", "来个开心的表情包吧我今天很高兴", "hello there", "晚安", "今天好累啊，不想上班", "猫"]
@@ -214,6 +214,72 @@ def test_nucleus_is_the_smallest_set_reaching_top_p():
     logits[[3, 7]] = torch.tensor([0.0, 1.0])
     drawn = {pick(logits, 1.0, 1.0, g) for _ in range(200)} | {pick(logits, 1.0, 0.99, g) for _ in range(200)}
     assert drawn == {3, 7}  # banned tokens never drawn, both allowed ones are
+
+
+def test_rows_sampled_together_draw_what_each_draws_alone():
+    """pick_rows: one softmax and one top-k for all rows; each row's token is its own draw, from its
+    own generator, whatever the other rows are (greedy, sampled, flat or peaked, top_p 1)."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 3000, generator=g) * torch.tensor([[0.1], [1.0], [8.0], [1.0], [3.0], [0.5]])
+    logits[4, 10:] = float("-inf")  # a row with ten allowed tokens
+    temps, tops = [0.8, 0.0, 1.2, 0.7, 1.0, 0.9], [0.9, 0.9, 0.5, 1.0, 0.99, 0.95]
+    for seed in range(5):
+        gens = [torch.Generator().manual_seed(seed * 10 + j) for j in range(6)]
+        together = pick_rows(logits, temps, tops, gens)
+        alone = [pick(logits[j], temps[j], tops[j], torch.Generator().manual_seed(seed * 10 + j)) for j in range(6)]
+        assert together == alone
+        assert together[1] == int(logits[1].argmax()) and together[4] < 10
+
+
+def test_guards_of_many_rows_at_once_equal_each_alone(model):
+    """apply_guards over a batch equals each reply's Guards on its own row: script masks, repetition
+    penalty, no repeated n-gram, one gallery, no line break or clause-leading comma first."""
+    s = ChatSettings().checked()
+    texts = ["来个开心的表情包", "hello there", "今天好累啊，不想上班"]
+    guards = [Guards(model, s, t, "\n") for t in texts]
+    for g, toks in zip(guards, ([5, 6, 7, 5, 6], [model.specials.ret, 9], [])):
+        for t in toks:
+            g.add(t)
+    logits = torch.randn(3, model.vocab_width, generator=torch.Generator().manual_seed(0)) * 3
+    said = ["好", "", ""]
+    alone = torch.stack([g(logits[j], said[j]) for j, g in enumerate(guards)])
+    together = apply_guards(logits.clone(), guards, said)
+    assert torch.equal(alone, together)
+    assert torch.isneginf(together[0, 7]) and torch.isneginf(together[1, model.specials.ret])  # 5 6 -> 7 again; a 2nd gallery
+    assert not torch.equal(together, logits)
+
+
+def test_an_appending_kv_cache_decodes_as_the_dynamic_one(model):
+    """The decoders' KV cache layers write each step's columns in place (spare room, made again when
+    full) instead of concatenating; over 150 steps (twice past the spare room, far past the sliding
+    window of 8), with the columns reassigned from outside midway as Rows does, every hidden state
+    equals the LLM's own dynamic cache's."""
+    from stickerllm.decoding import SPARE_COLUMNS, appending
+
+    torch.manual_seed(0)
+    ids = torch.randint(5, 2000, (2, 30))
+    emb = model.embed_tokens(ids, torch.full_like(ids, -1))
+    steps = torch.randint(5, 2000, (2, 2 * SPARE_COLUMNS + 20))
+    out = {}
+    with torch.inference_mode():
+        for kind in ("dynamic", "appending"):
+            o = model.hidden(emb, use_cache=True)
+            cache = appending(o.past_key_values) if kind == "appending" else o.past_key_values
+            hs, moved = [o.last_hidden_state[:, -1]], 0
+            for i in range(steps.shape[1]):
+                if i == 40:  # Rows.select / merge / the TurnCache reassign a layer's columns
+                    for layer in cache.layers:
+                        layer.keys, layer.values = layer.keys.clone(), layer.values.clone()
+                before = cache.layers[-1].keys.data_ptr()
+                e = model.embed_tokens(steps[:, i:i + 1], torch.full((2, 1), -1))
+                o = model.hidden(e, past_key_values=cache, use_cache=True)
+                hs.append(o.last_hidden_state[:, -1])
+                moved += cache.layers[-1].keys.data_ptr() != before
+            out[kind] = (torch.stack(hs), moved, [type(x).__name__ for x in cache.layers])
+    assert torch.allclose(out["dynamic"][0], out["appending"][0], atol=1e-5, rtol=1e-5)
+    assert out["appending"][2] == ["_AppendingSlidingLayer", "_AppendingLayer"]
+    assert out["dynamic"][1] == steps.shape[1]  # concatenation: a new tensor every step
+    assert out["appending"][1] <= 4  # in place but for the reassignment and the buffers made again
 
 
 def test_free_places_in_the_batch_take_a_burst_without_a_waiting_line(model):
