@@ -541,7 +541,9 @@ def apply_guards(logits: torch.Tensor, guards: list, said: list[str], banned: li
         bans = [banned[j]] if banned is not None and len(banned[j]) else []
         if g is not None:
             if g.mask is not None:
-                logits[j].add_(g.mask.to(dev)[:V])
+                if g.mask.device != dev:
+                    g.mask = g.mask.to(dev)  # once per reply, not every step (a GPU's logits)
+                logits[j].add_(g.mask[:V])
             ids = g.seen_ids(V)
             if len(ids):
                 rows, cols = pen.setdefault(g.s.repetition_penalty, ([], []))
