@@ -262,7 +262,10 @@ class StickerChat:
         reply = self._reply(s, user, cancel, force_ret)
         if self.batcher is None:
             with self._lock:
-                yield from self._alone(reply, enc, feats)
+                for kind, value in self._alone(reply, enc, feats):
+                    if kind == "error":
+                        raise value
+                    yield kind, value
             return
         self.batcher.submit(reply, enc, feats)
         try:

@@ -249,6 +249,19 @@ def test_guards_of_many_rows_at_once_equal_each_alone(model):
     assert not torch.equal(together, logits)
 
 
+@pytest.mark.parametrize("alone", [True, False])
+def test_a_failure_while_choosing_reaches_the_caller(model, monkeypatch, alone):
+    import stickerllm.chat as chat_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("guards broke")
+
+    monkeypatch.setattr(chat_module, "apply_guards", broken)
+    chat = StickerChat(model, decoder=DynamicDecoder(model)) if alone else StickerChat(model)
+    with pytest.raises(RuntimeError, match="guards broke"):
+        list(chat.chat_stream("你好", settings=settings(0)))
+
+
 def test_an_appending_kv_cache_decodes_as_the_dynamic_one(model):
     """The decoders' KV cache layers write each step's columns in place (spare room, made again when
     full) instead of concatenating; over 150 steps (twice past the spare room, far past the sliding
