@@ -459,8 +459,8 @@ class Reply:
         return None
 
     def _finish(self, reason: str) -> None:
+        self.done = True  # before the reader can see the end: else it marks the reply abandoned
         self.events.put(("end", (reason, self.n)))
-        self.done = True
 
     def queried(self, state: torch.Tensor) -> None:
         """The (H,) query-layer state of the token fed with its state wanted -> a query event."""

@@ -104,6 +104,13 @@ def _append(layer, key_states: torch.Tensor, value_states: torch.Tensor, keep: i
     return full
 
 
+def _reassign(layer, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Give `layer` new columns (rows selected, merged or cut), letting go of its appending buffer:
+    a turn kept in the TurnCache must not hold on to the whole batch's."""
+    layer.keys, layer.values = keys, values
+    layer.__dict__.pop("_held", None)
+
+
 class _AppendingLayer(DynamicLayer):
     """A dynamic KV cache layer whose `update` writes the new columns into spare room after the
     cached ones (`_append`) where the LLM's own concatenates: torch.cat copied a batch's whole cache
@@ -131,8 +138,8 @@ class _AppendingSlidingLayer(DynamicSlidingWindowLayer):
 
 
 def appending(cache):
-    """`cache` (the LLM's DynamicCache), its plain dynamic layers made `_Appending` in place; returns
-    it. Other kinds of layer are left as they are."""
+    """`cache` (the LLM's DynamicCache) with its plain dynamic layers switched, in place, to the
+    appending ones; returns it. Other kinds of layer are left as they are."""
     for layer in getattr(cache, "layers", ()):
         if type(layer) is DynamicLayer:
             layer.__class__ = _AppendingLayer
@@ -269,8 +276,8 @@ class Rows:
             if any(getattr(x, "keys", None) is None for x in held):
                 continue  # a layer that stores nothing (KV shared with another)
             S = max(x.keys.shape[-2] for x in held)  # a sliding layer keeps min(L, window - 1)
-            layer.keys = torch.cat([F.pad(x.keys, (0, 0, S - x.keys.shape[-2], 0)) for x in held])
-            layer.values = torch.cat([F.pad(x.values, (0, 0, S - x.values.shape[-2], 0)) for x in held])
+            _reassign(layer, torch.cat([F.pad(x.keys, (0, 0, S - x.keys.shape[-2], 0)) for x in held]),
+                      torch.cat([F.pad(x.values, (0, 0, S - x.values.shape[-2], 0)) for x in held]))
             if hasattr(layer, "cumulative_length"):
                 layer.cumulative_length = max(x.cumulative_length for x in held)
         mask = torch.cat([F.pad(p.mask, (L - p.mask.shape[1], 0)) for p in parts])
@@ -296,8 +303,7 @@ class Rows:
                 continue
             S = layer.keys.shape[-2]
             start = S - min(S, mask.shape[1])
-            layer.keys = layer.keys[idx, :, start:]
-            layer.values = layer.values[idx, :, start:]
+            _reassign(layer, layer.keys[idx, :, start:], layer.values[idx, :, start:])
             if hasattr(layer, "cumulative_length"):
                 layer.cumulative_length -= cut
         return Rows(self.cache, mask, self.pos[idx], self.h[idx])
@@ -389,7 +395,7 @@ class TurnCache:
             for layer in rows.cache.layers:
                 if getattr(layer, "keys", None) is None:
                     continue
-                layer.keys, layer.values = layer.keys[:, :, :best_c], layer.values[:, :, :best_c]
+                _reassign(layer, layer.keys[:, :, :best_c], layer.values[:, :, :best_c])
                 if hasattr(layer, "cumulative_length"):
                     layer.cumulative_length = best_c
         return best_c, rows

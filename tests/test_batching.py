@@ -1,6 +1,7 @@
 """Continuous batching of chat replies (stickerllm.decoding.BatchDecoder driven by StickerChat):
 replies decoded together equal the same replies decoded one at a time, whatever joins or leaves."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -341,6 +342,29 @@ def test_a_conversations_next_message_is_prefilled_from_its_last_reply(plain_mod
     beyond_preamble = turns.reused_tokens - 2 * len(m.builder.preamble())
     assert turns.hits == 2 and beyond_preamble > 0
     assert cached.batcher.prefilled == uncached.batcher.prefilled - beyond_preamble
+
+
+def test_a_cached_turn_holds_its_own_row_not_the_batchs_buffer(model):
+    """Replies decoded together leave their turns in the TurnCache as one-row caches of their own:
+    none keeps the batch's appending buffer (sixteen rows' worth) alive."""
+    chat = StickerChat(model)
+    got = {}
+    threads = [threading.Thread(target=reply, args=(chat, i, got)) for i in range(len(MESSAGES))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert chat.batcher.row_steps > chat.batcher.steps  # they did decode together
+    for _ in range(500):  # the last reply's turn is stored just after its end reached the reader
+        if chat.batcher._thread is None:
+            break
+        time.sleep(0.01)
+    entries = list(chat.batcher.turns._entries.values())
+    assert len(entries) == len(MESSAGES)
+    for rows, size in entries:
+        layers = [x for x in rows.cache.layers if getattr(x, "keys", None) is not None]
+        assert all(x.keys.shape[0] == 1 and "_held" not in vars(x) for x in layers)
+        assert size == rows.nbytes()
 
 
 def test_with_a_short_sliding_window_a_cached_turn_serves_only_a_prompt_that_extends_it(model):
