@@ -263,6 +263,29 @@ def test_a_failure_while_choosing_reaches_the_caller(model, monkeypatch, alone):
         list(chat.chat_stream("你好", settings=settings(0)))
 
 
+def test_whether_to_show_stickers_is_decided_greedily_at_any_temperature(model):
+    """greedy_ret: at a sampling temperature, <ret> is taken where it is the most likely token and is
+    never drawn where it is not; the words are still sampled. Off, it is drawn like any token."""
+    from dataclasses import replace
+
+    chat = StickerChat(model)
+    ret = model.specials.ret
+    a, b = model.builder.text("好的")[:2]
+
+    def first(top: int, greedy_ret: bool) -> set:
+        drawn = set()
+        for seed in range(60):
+            s = ChatSettings(temperature=1.5, seed=seed, greedy_ret=greedy_ret).checked()
+            logits = torch.full((model.vocab_width,), float("-inf"))
+            logits[[top, ret if top != ret else a, b]] = torch.tensor([2.0, 1.9, 1.0])
+            drawn.add(chat._reply(s, "", None).choose(logits)[0])
+        return drawn
+
+    assert first(ret, True) == {ret}  # the most likely: always taken
+    assert first(a, True) == {a, b}  # second most likely: never drawn, the words still sampled
+    assert first(a, False) == {a, ret, b} and first(ret, False) == {ret, a, b}
+
+
 def test_an_appending_kv_cache_decodes_as_the_dynamic_one(model):
     """The decoders' KV cache layers write each step's columns in place (spare room, made again when
     full) instead of concatenating; over 150 steps (twice past the spare room, far past the sliding
