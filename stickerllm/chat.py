@@ -27,7 +27,7 @@ from stickerclip.index import BETA, MIX
 from stickerclip.query_text import asks_for_alike, asks_for_more, query_vector
 
 from .decoding import (MAX_BATCH, MAX_WAITING, TURN_CACHE_BYTES, BatchDecoder, Busy, DynamicDecoder, StaticDecoder,
-                       greedy_batch, pick_rows, preamble_cache, preamble_prefix, with_prefix)
+                       greedy_batch, pick_rows, preamble_cache, preamble_prefix, take_rows, with_prefix)
 from .model import StickerLLM
 from .prompt import Encoded
 from .tokens import END_RET, RET, SPECIAL_TOKENS
@@ -387,14 +387,14 @@ class Reply:
         if not picking:
             return out
         try:
-            sub = logits[rows].float()  # (n, V), a copy: guarded in place
+            sub = logits[rows].float()  # (n, V), a copy (the caller's logits stay as they were): guarded in place
             apply_guards(sub, [r.guard for r in picking], [r.said for r in picking],
                          [r._stop if r.n < r.s.min_new_tokens else () for r in picking])
             temps = [r.s.temperature for r in picking]
             decide = [j for j, r in enumerate(picking) if r.s.greedy_ret and r.s.temperature > 0]
             if decide:  # <ret> where it is the most likely token (then taken greedily), else never drawn
                 ret = picking[0].m.specials.ret
-                for j, top in zip(decide, sub[decide].argmax(-1).tolist()):
+                for j, top in zip(decide, take_rows(sub, decide).argmax(-1).tolist()):
                     if top == ret:
                         temps[j] = 0.0
                     else:
