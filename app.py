@@ -97,7 +97,7 @@ def build(service, local_folders: bool = True):
                             stop_btn = gr.Button("停止 Stop", variant="stop", size="sm")
                             undo_btn = gr.Button("撤销 Undo", size="sm")
                             new_btn = gr.Button("新对话 New chat", size="sm")
-                        example_sticker = str(GALLERY / "images" / "1f602-cap0.png")
+                        example_sticker = str(GALLERY / "images" / "1f602@twemoji-cap.png")
                         gr.Examples(label="示例 Examples", inputs=[box], examples=[
                             [{"text": "来一张晚安的表情包", "files": []}],
                             [{"text": "Send me a sticker for a happy birthday", "files": []}],

@@ -30,10 +30,10 @@ def main(argv=None) -> None:
     ap.add_argument("--port", type=int, default=7870)
     ap.add_argument("--message", default="来一张晚安的表情包")
     ap.add_argument("--query", default="加油")
-    ap.add_argument("--sticker", default=str(ROOT / "assets" / "gallery" / "images" / "1f621.png"),
+    ap.add_argument("--sticker", default=str(ROOT / "assets" / "gallery" / "images" / "1f621@twemoji.png"),
                     help="the sticker uploaded to search by (a transparent PNG)")
     ap.add_argument("--upload", nargs="*", default=[str(ROOT / "assets" / "gallery" / "images" / f)
-                                                    for f in ("1f43b-200d-2744-fe0f.png", "1f631-wobble.gif")],
+                                                    for f in ("1f43b-200d-2744@twemoji.png", "1f603@fluent-wobble.gif")],
                     help="stickers uploaded into the library")
     args = ap.parse_args(argv)
     from selenium.webdriver.common.by import By

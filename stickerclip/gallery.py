@@ -34,7 +34,8 @@ def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None, pr
     if not manifest.is_file():
         raise FileNotFoundError(f"{manifest}: the sticker gallery is missing")
     root = cache_dir() / "index"
-    where = hashlib.sha1(str(manifest.resolve()).encode()).hexdigest()[:8]  # paths inside are absolute
+    # the index holds absolute paths, and what the manifest lists: a moved or rebuilt gallery is indexed anew
+    where = hashlib.sha1(str(manifest.resolve()).encode() + b"\0" + manifest.read_bytes()).hexdigest()[:8]
     target = root / f"{Path(gallery).name}-{where}-{model.identity()}"
     if (target / "meta.sqlite").is_file():
         return StickerIndex.open(target, model, create=False, ocr=False)

@@ -419,7 +419,7 @@ class StickerService:
         return f"{part('search', '搜索')}{self.counts()} · {part('chat', '聊天')}"
 
     def counts(self) -> str:
-        """The stickers searchable now, e.g. " · 1,575 张表情 stickers (图库 gallery 1,573 + 我的 yours 2)"."""
+        """The stickers searchable now, e.g. " · 3,925 张表情 stickers (图库 gallery 3,923 + 我的 yours 2)"."""
         if self.indexes is None:
             return ""
         gallery = len(self.gallery) if self.gallery is not None else 0

@@ -387,6 +387,11 @@ def test_default_gallery_index_builds_once_and_keeps_stdout_clean(tmp_path, monk
     assert out.out == "" and "Indexing the sticker gallery" in out.err  # JSON on stdout stays parseable
     again = default_index(tiny, gallery=gallery)
     assert str(again.directory) == str(index.directory) and capsys.readouterr().err == ""
+    # a rebuilt gallery (an update that ships more stickers) is indexed anew, not read from the old index
+    write_jsonl(recs[2:], gallery / "all.jsonl")
+    rebuilt = default_index(tiny, gallery=gallery)
+    assert str(rebuilt.directory) != str(index.directory) and len(rebuilt) == 3 and rebuilt.get("dog") is None
+    assert "Indexing the sticker gallery" in capsys.readouterr().err
 
 
 def test_carry_over_reindexes_another_models_library(tmp_path, tiny):

@@ -119,6 +119,66 @@ def test_corpus_is_deterministic(corpus, tmp_path):
         assert (again / name).read_text(encoding="utf-8") == (out / name).read_text(encoding="utf-8")
 
 
+def test_gallery_draws_each_concept_in_one_style_and_feelings_in_all(corpus, tmp_path):
+    """The app's gallery: every concept in one style (a seeded choice), one that says a feeling in
+    every style, the variants in each, manifests by concept split, deterministic, and refused over the
+    size budget."""
+    from train import build_gallery
+
+    _, _, src = corpus
+    out = tmp_path / "gallery"
+    args = ["--sources", str(src), "--styles", "twemoji,noto,fluent", "--limit", "40", "--seed", "2",
+            "--caption-chance", "1,0"]
+    stats = build_gallery.main(["--out", str(out), "--workers", "1", *args])
+    recs = list(read_jsonl(out / "all.jsonl"))
+    concepts = json.loads((out / "concepts.json").read_text(encoding="utf-8"))
+    assert stats["stickers"] == len(recs) and stats["concepts"] == len(concepts) >= 40  # 40 groups of concepts
+    styles = {}
+    for r in recs:
+        styles.setdefault(r.concept, set()).add(r.art)
+        assert (out / "images" / r.image.split("/")[-1]).is_file()
+    feeling = {c for c, v in concepts.items() if v["emotions"] != ["other"]}
+    assert set(styles) == set(concepts) and feeling and feeling != set(concepts)
+    assert all(len(v) == (3 if c in feeling else 1) for c, v in styles.items())  # feelings in every style
+    assert len({next(iter(v)) for c, v in styles.items() if c not in feeling}) == 3  # the rest: a mix
+    plain = [r for r in recs if r.id == f"{r.concept}@{r.art}"]
+    assert len(plain) == sum(len(v) for v in styles.values())  # one plain sticker per concept and style
+    lively = ("cute_cartoons", "cute_pets_dolls", "parody_cartoons")
+    expressive = {r.concept for r in plain if r.emotions != ["other"] or r.style in lively}
+    captioned = {r.concept for r in recs if r.ocr}
+    assert expressive and captioned == expressive  # chance 1 for expressive concepts, 0 for the others
+    assert all(f"配文字“{r.ocr}”" in r.description for r in recs if r.ocr)
+    split_ids = [r.id for name in ("train", "valid", "test") for r in read_jsonl(out / f"{name}.jsonl")]
+    assert sorted(split_ids) == sorted(r.id for r in recs)
+    lic = (out / "LICENSES.md").read_text(encoding="utf-8")
+    assert "Apache" in lic and "Held out" not in lic
+    again = tmp_path / "again"
+    build_gallery.main(["--out", str(again), "--workers", "2", *args])
+    assert (again / "all.jsonl").read_text(encoding="utf-8") == (out / "all.jsonl").read_text(encoding="utf-8")
+    with pytest.raises(SystemExit, match="over --max-mib 0.01"):
+        build_gallery.main(["--out", str(tmp_path / "big"), "--workers", "1", "--max-mib", "0.01", *args])
+
+
+def test_the_shipped_gallery_holds_what_its_card_says():
+    """assets/gallery: every listed image there, each concept (in one style unless it says a feeling),
+    the counts of corpus.json, and assets/ within its 40 MiB budget."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "assets"
+    gallery = root / "gallery"
+    recs = list(read_jsonl(gallery / "all.jsonl"))
+    stats = json.loads((gallery / "corpus.json").read_text(encoding="utf-8"))
+    assert len(recs) == stats["stickers"] and len({r.id for r in recs}) == len(recs)
+    assert all(Path(r.image).is_file() for r in recs)
+    styles = {}
+    for r in recs:
+        styles.setdefault(r.concept, set()).add(r.art)
+    emotions = {r.concept: r.emotions for r in recs if r.id == f"{r.concept}@{r.art}"}
+    assert len(styles) == stats["concepts"] and all(len(v) == 1 for c, v in styles.items() if emotions[c] == ["other"])
+    assert sum(1 for r in recs if r.ocr) == stats["captioned"]
+    assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) < 40 * 2 ** 20
+
+
 # ------------------------------------------------------------------------------- the image tower
 def test_efficientnet_lite0_loads_the_packaged_imagenet_weights():
     net = en.EfficientNetLite(0)

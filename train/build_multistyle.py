@@ -44,8 +44,12 @@ class _Art(bos.Artwork):
 
 
 def build_concept(job) -> list[dict]:
-    """Every sticker of one concept, in every style that draws it."""
-    art, out, seed, animal_names, holdout = job
+    """Every sticker of one concept, in every style that draws it. An optional sixth item of `job`
+    narrows it: {"only": a style (the concept in that style alone), "captions": (chance of a captioned
+    sticker for an expressive concept, for another)}."""
+    art, out, seed, animal_names, holdout = job[:5]
+    opts = job[5] if len(job) > 5 else {}
+    p_expressive, p_other = opts.get("captions", (0.5, 0.1))
     key = norm_key(art.hexes)
     emotions = bos.emotions_of(art)
     style = bos.style_of(art, animal_names)
@@ -53,7 +57,7 @@ def build_concept(job) -> list[dict]:
     img_dir = Path(out) / "images"
     recs = []
     for art_style, st in _STYLES.items():
-        if key not in st.pictures:
+        if key not in st.pictures or opts.get("only", art_style) != art_style:
             continue
         a = _Art(art, st.pictures[key])
         rng = random.Random(f"{seed}:{key}:{art_style}")
@@ -73,7 +77,7 @@ def build_concept(job) -> list[dict]:
         emit("", bos._place(bos._emoji(a, 112)), desc, emotions)
         if art_style == holdout:
             continue
-        if (expressive and rng.random() < 0.5) or rng.random() < 0.1:
+        if (expressive and rng.random() < p_expressive) or rng.random() < p_other:
             phrase = bos._phrases_for(emotions, rng, 1)[0]
             emit("-cap", bos.render_caption(a, phrase, rng), f"{desc}，配文字“{phrase}”",
                  bos._merge(PHRASES[phrase], emotions), ocr=phrase)

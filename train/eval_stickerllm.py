@@ -146,9 +146,9 @@ def script_ok(user: str, reply: str) -> bool:
     return all(ScriptTable._script(c) in allowed for c in reply if c.isalpha())
 
 
-def natural(model, index, rows, settings, top: int = 4) -> dict:
+def natural(model, index, rows, settings, top: int = 4, shown: int = 12) -> dict:
     """Chat replies to the natural prompts `rows` with `settings`: tool selection, relevance of the
-    top `top` stickers, reply checks, and the replies themselves."""
+    top `top` stickers, reply checks, and the first `shown` replies themselves."""
     from stickerllm.chat import Done, Retrieval, StickerChat, TextChunk
 
     chat = StickerChat(model, index)
@@ -181,7 +181,7 @@ def natural(model, index, rows, settings, top: int = 4) -> dict:
             "replies_in_script": pct([o["script_ok"] for o in out]),
             "missed": [o["text"] for o in req if not o["retrieved"]],
             "retrieved_unasked": [o["text"] for o in other if o["retrieved"]],
-            "replies": [{k: o[k] for k in ("text", "reply", "stickers", "fits")} for o in out[:12]]}
+            "replies": [{k: o[k] for k in ("text", "reply", "stickers", "fits")} for o in out[:shown]]}
 
 
 def _spread(rows: list, n: int | None) -> list:
