@@ -1,5 +1,9 @@
 """The benchmark scripts run (tiny sizes, CPU): they are measurements elsewhere, not here."""
+from pathlib import Path
+
 from bench import bench_clip_gpu
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_gpu_bench_script_runs_on_cpu_tiny(capsys):
@@ -128,3 +132,27 @@ def test_bench_never_imports_tests():
                 names = []
             found += [f"{path.relative_to(root)}:{node.lineno}: {n}" for n in names]
     assert not found, "bench/ must not use tests/ (move what it needs to devkit/):\n" + "\n".join(found)
+
+
+def test_judged_replies_are_scored_per_setting_and_paired(tmp_path):
+    """bench.judge_replies score: the share judged fit per setting, how often each won a prompt, and a
+    marks file that does not match the key is refused, naming it."""
+    import json
+
+    import pytest
+
+    from bench import judge_replies
+
+    rows = [{"n": 0, "prompt": "哭", "setting": "t0.7", "reply": "a"}, {"n": 1, "prompt": "哭", "setting": "t0.4", "reply": "b"},
+            {"n": 2, "prompt": "cat", "setting": "t0.4", "reply": "c"},
+            {"n": 3, "prompt": "cat", "setting": "t0.7", "reply": "d"}]
+    (tmp_path / "key.json").write_text(json.dumps(rows))
+    (tmp_path / "marks.txt").write_text("0 1\n1 1\n")
+    got = judge_replies.main(["score", "--out", str(tmp_path)])
+    assert got == {"n_prompts": 2, "judged_fit": {"t0.4": 100.0, "t0.7": 50.0}, "better": {"t0.4": 1, "t0.7": 0}}
+    (tmp_path / "marks.txt").write_text("0 1 1\n")
+    with pytest.raises(SystemExit, match="marks.txt: 3 marks of 0/1 for 4 replies"):
+        judge_replies.main(["score", "--out", str(tmp_path)])
+    # the judgments behind the default temperature score as their README says
+    shipped = judge_replies.main(["score", "--out", str(ROOT / "bench" / "judgments" / "2026-11-30-fresh")])
+    assert shipped["judged_fit"] == {"t0.4": 27.5, "t0.7": 22.5}

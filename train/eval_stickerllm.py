@@ -31,6 +31,7 @@ from dataclasses import replace
 from stickerclip.data import build_text
 from stickerclip.llm import precision
 from stickerclip.metrics import paired_recall
+from stickerllm.chat import ChatSettings
 from train.build_instructions import draw_kind, general_instructions, make
 from train.common import encode_prompts, greedy_replies, read_split, ret_queries
 
@@ -54,7 +55,8 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: tool, retrieval, general, natural")
     ap.add_argument("--n-natural", type=int, default=None, help="natural prompts (default: all; evenly spaced)")
-    ap.add_argument("--natural-temps", default="0,0.7", help="temperatures of the natural replies")
+    ap.add_argument("--natural-temps", default=f"0,{ChatSettings().temperature:g}",
+                    help="temperatures of the natural replies (default: greedy and the app's)")
     ap.add_argument("--natural-tokens", type=int, default=64, help="max new tokens of a natural reply (the app's)")
     ap.add_argument("--gallery", default=None, help="gallery folder (all.jsonl) searched by natural prompts "
                                                     "(default: the app's)")
