@@ -148,9 +148,9 @@ def script_ok(user: str, reply: str) -> bool:
     return all(ScriptTable._script(c) in allowed for c in reply if c.isalpha())
 
 
-def natural(model, index, rows, settings, top: int = 4, shown: int = 12) -> dict:
+def natural(model, index, rows, settings, top: int = 4) -> dict:
     """Chat replies to the natural prompts `rows` with `settings`: tool selection, relevance of the
-    top `top` stickers, reply checks, and the first `shown` replies themselves."""
+    top `top` stickers, reply checks, and the replies themselves."""
     from stickerllm.chat import Done, Retrieval, StickerChat, TextChunk
 
     chat = StickerChat(model, index)
@@ -183,7 +183,7 @@ def natural(model, index, rows, settings, top: int = 4, shown: int = 12) -> dict
             "replies_in_script": pct([o["script_ok"] for o in out]),
             "missed": [o["text"] for o in req if not o["retrieved"]],
             "retrieved_unasked": [o["text"] for o in other if o["retrieved"]],
-            "replies": [{k: o[k] for k in ("text", "reply", "stickers", "fits")} for o in out[:shown]]}
+            "replies": [{k: o[k] for k in ("text", "reply", "stickers", "fits")} for o in out[:12]]}
 
 
 def _spread(rows: list, n: int | None) -> list:
@@ -231,7 +231,6 @@ def main(argv=None) -> dict:
                                "n": len(rec)}
     if "natural" not in skip:
         from stickerclip.gallery import GALLERY, default_index
-        from stickerllm.chat import ChatSettings
         from train.natural import NATURAL_EVAL, NATURAL_FRESH, NATURAL_VALID, natural_eval
 
         index = default_index(model.clip, args.gallery or GALLERY, log=lambda m: print(m, file=sys.stderr))
