@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 GALLERY = Path(__file__).resolve().parent.parent / "assets" / "gallery"
+GALLERY_OF = "gallery.txt"  # in a cached gallery index: the manifest it was made from
 
 
 def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None, progress=True):
@@ -35,7 +36,8 @@ def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None, pr
         raise FileNotFoundError(f"{manifest}: the sticker gallery is missing")
     root = cache_dir() / "index"
     # the index holds absolute paths, and what the manifest lists: a moved or rebuilt gallery is indexed anew
-    where = hashlib.sha1(str(manifest.resolve()).encode() + b"\0" + manifest.read_bytes()).hexdigest()[:8]
+    path = str(manifest.resolve())
+    where = hashlib.sha1(path.encode() + b"\0" + manifest.read_bytes()).hexdigest()[:8]
     target = root / f"{Path(gallery).name}-{where}-{model.identity()}"
     if (target / "meta.sqlite").is_file():
         return StickerIndex.open(target, model, create=False, ocr=False)
@@ -47,6 +49,7 @@ def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None, pr
             summary = index.add(read_jsonl(manifest), progress=progress, ocr=False)
         if summary.failed:
             log(f"gallery: {len(summary.failed)} stickers skipped: {summary.failed[:3]}")
+        (tmp / GALLERY_OF).write_text(path, encoding="utf-8")
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first: use its index
@@ -54,4 +57,23 @@ def default_index(model=None, gallery: str | os.PathLike = GALLERY, log=None, pr
     finally:
         if tmp.exists() and not target.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _drop_older(root, target, Path(gallery).name, model.identity(), path, log)
     return StickerIndex.open(target, model, create=False, ocr=False)
+
+
+def _drop_older(root: Path, target: Path, name: str, identity: str, path: str, log) -> None:
+    """Remove this model's other cached indexes of the gallery at `path`: those of its earlier
+    contents (an updated gallery leaves them behind). One is known by the manifest path it records,
+    or, made before indexes recorded it, by the key of the path alone that they were made under."""
+    legacy = root / f"{name}-{hashlib.sha1(path.encode()).hexdigest()[:8]}-{identity}"
+    for old in root.iterdir():
+        if old == target or not (old.name.startswith(f"{name}-") and old.name.endswith(f"-{identity}")):
+            continue
+        marker = old / GALLERY_OF
+        try:
+            same = marker.read_text(encoding="utf-8") == path if marker.is_file() else old == legacy
+        except OSError:
+            continue
+        if same:
+            shutil.rmtree(old, ignore_errors=True)
+            log(f"Removed the index of the gallery's earlier contents: {old}")

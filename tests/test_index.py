@@ -387,11 +387,29 @@ def test_default_gallery_index_builds_once_and_keeps_stdout_clean(tmp_path, monk
     assert out.out == "" and "Indexing the sticker gallery" in out.err  # JSON on stdout stays parseable
     again = default_index(tiny, gallery=gallery)
     assert str(again.directory) == str(index.directory) and capsys.readouterr().err == ""
-    # a rebuilt gallery (an update that ships more stickers) is indexed anew, not read from the old index
+    # a rebuilt gallery (an update that ships more stickers) is indexed anew, not read from the old
+    # index, and the old contents' index is removed; so is one made before indexes recorded their
+    # manifest (keyed by the path alone). Another gallery's index of the same folder name stays.
+    import hashlib
+    import shutil
+
+    cache = tmp_path / "cache" / "index"
+    path = str((gallery / "all.jsonl").resolve())
+    legacy = cache / f"gallery-{hashlib.sha1(path.encode()).hexdigest()[:8]}-{tiny.identity()}"
+    other = cache / f"gallery-0000beef-{tiny.identity()}"
+    for d in (legacy, other):
+        shutil.copytree(index.directory, d)
+    (legacy / "gallery.txt").unlink()
+    (other / "gallery.txt").write_text(str(tmp_path / "elsewhere" / "all.jsonl"))
+    index.close()
+    again.close()
     write_jsonl(recs[2:], gallery / "all.jsonl")
     rebuilt = default_index(tiny, gallery=gallery)
     assert str(rebuilt.directory) != str(index.directory) and len(rebuilt) == 3 and rebuilt.get("dog") is None
-    assert "Indexing the sticker gallery" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Indexing the sticker gallery" in err and "Removed the index of the gallery's earlier contents" in err
+    assert not Path(index.directory).exists() and not legacy.exists() and other.exists()
+    assert (Path(rebuilt.directory) / "gallery.txt").read_text() == path
 
 
 def test_carry_over_reindexes_another_models_library(tmp_path, tiny):
