@@ -44,7 +44,6 @@ def make(args) -> list[dict]:
                                                                             seed=args.seed + i)):
                 pass
             rows.append({"prompt": text, "setting": f"t{t:g}", "reply": done.text if done else ""})
-    svc.close()
     random.Random(args.seed).shuffle(rows)
     for n, r in enumerate(rows):
         r["n"] = n
