@@ -83,11 +83,7 @@ def main(argv=None) -> dict:
     for job, recs in zip(jobs, results):
         a = job[0]
         key = norm_key(a.hexes)
-        w = words.get(key)
-        c = concepts.setdefault(key, {
-            "group": a.group, "split": splits[a.group], "category": a.category, "emotions": bos.emotions_of(a),
-            "name_zh": (w.name_zh if w and w.name_zh else a.name_zh), "name_en": (w.name_en if w else a.name_en),
-            "keywords_zh": w.keywords_zh if w else [], "keywords_en": w.keywords_en if w else [], "styles": []})
+        c = concepts.setdefault(key, {**bms.concept_entry(a, words.get(key), splits[a.group]), "styles": []})
         c["styles"] = sorted(set(c["styles"]) | {r["art"] for r in recs})
         by_split[splits[a.group]] += [StickerRecord(**r) for r in recs]
     everything = [r for recs in by_split.values() for r in recs]
@@ -99,10 +95,7 @@ def main(argv=None) -> dict:
     lic = ("# Licences and attribution\n\nEach emoji concept is drawn in one of these art styles (one that "
            "says a feeling, in each):\n\n"
            + "".join(f"- **{n}** ({STYLE_INFO[n][1]}): {STYLE_INFO[n][2]}.\n" for n in used)
-           + "- Stickers here are modified: resized, placed on discs, captioned and animated.\n"
-           "- **Caption font**: Noto Sans CJK Bold (SIL OFL 1.1), from `cvttf-notosanscjk-bold`.\n"
-           "- **Words**: Unicode CLDR annotations (Unicode License v3), npm `cldr-annotations-full`, and the "
-           "`emoji` PyPI package (BSD).\n- **Labels**: this project, train/open_sticker_table.py, CC0.\n")
+           + bms.LICENSE_TAIL)
     (out / "LICENSES.md").write_text(lic, encoding="utf-8")
     size = sum(os.path.getsize(r.image) for r in everything)
     stats = {"seed": args.seed, "styles": names, "concepts": len(concepts), "stickers": len(everything),

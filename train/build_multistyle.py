@@ -43,6 +43,20 @@ class _Art(bos.Artwork):
         self.picture = picture
 
 
+LICENSE_TAIL = ("- Stickers here are modified: resized, placed on discs, captioned and animated.\n"
+                "- **Caption font**: Noto Sans CJK Bold (SIL OFL 1.1), from `cvttf-notosanscjk-bold`.\n"
+                "- **Words**: Unicode CLDR annotations (Unicode License v3), npm `cldr-annotations-full`, and the "
+                "`emoji` PyPI package (BSD).\n- **Labels**: this project, train/open_sticker_table.py, CC0.\n")
+
+
+def concept_entry(art: bos.Artwork, w, split: str) -> dict:
+    """A concept's line of concepts.json: its group, split, category, emotions and words (`w`, its CLDR
+    Words or None)."""
+    return {"group": art.group, "split": split, "category": art.category, "emotions": bos.emotions_of(art),
+            "name_zh": (w.name_zh if w and w.name_zh else art.name_zh), "name_en": (w.name_en if w else art.name_en),
+            "keywords_zh": w.keywords_zh if w else [], "keywords_en": w.keywords_en if w else []}
+
+
 def build_concept(job) -> list[dict]:
     """Every sticker of one concept, in every style that draws it. An optional sixth item of `job`
     narrows it: {"only": a style (the concept in that style alone), "captions": (chance of a captioned
@@ -130,13 +144,7 @@ def main(argv=None) -> dict:
     concepts = {}
     for a, recs in zip(arts, results):
         key = norm_key(a.hexes)
-        w = words.get(key)
-        concepts[key] = {
-            "group": a.group, "split": splits[a.group], "category": a.category, "emotions": bos.emotions_of(a),
-            "name_zh": (w.name_zh if w and w.name_zh else a.name_zh), "name_en": (w.name_en if w else a.name_en),
-            "keywords_zh": w.keywords_zh if w else [], "keywords_en": w.keywords_en if w else [],
-            "styles": sorted({r["art"] for r in recs}),
-        }
+        concepts[key] = {**concept_entry(a, words.get(key), splits[a.group]), "styles": sorted({r["art"] for r in recs})}
         for r in recs:
             rec = StickerRecord(**r)
             by_split["holdout" if r["art"] == args.holdout else splits[a.group]].append(rec)
@@ -150,10 +158,7 @@ def main(argv=None) -> dict:
     lic = "# Licences and attribution\n\n" + "".join(f"- **{n}** ({STYLE_INFO[n][1]}): {STYLE_INFO[n][2]}."
                                                      + (" Held out of training." if n == args.holdout else "") + "\n"
                                                      for n in names)
-    lic += ("- Stickers here are modified: resized, placed on discs, captioned and animated.\n"
-            "- **Caption font**: Noto Sans CJK Bold (SIL OFL 1.1), from `cvttf-notosanscjk-bold`.\n"
-            "- **Words**: Unicode CLDR annotations (Unicode License v3), npm `cldr-annotations-full`, and the "
-            "`emoji` PyPI package (BSD).\n- **Labels**: this project, train/open_sticker_table.py, CC0.\n")
+    lic += LICENSE_TAIL
     (out / "LICENSES.md").write_text(lic, encoding="utf-8")
     stats = {"seed": args.seed, "styles": names, "holdout": args.holdout, "concepts": len(concepts),
              "stickers": len(everything), "splits": {k: len(v) for k, v in by_split.items()},
