@@ -6,7 +6,8 @@
   * a `transformers` Chinese-CLIP directory or hub id (e.g. OFA-Sys/chinese-clip-vit-base-patch16);
   * an original Chinese-CLIP / Sticker820K `.pt` checkpoint (cn_clip format) with `arch=`.
 Towers: vision is a Chinese-CLIP ViT (`transformers`) or cn_clip's ModifiedResNet (RN50); text is
-the Chinese-CLIP BERT, or ("llm") a frozen causal LM, mean-pooled, with a trained projection.
+the Chinese-CLIP BERT, or ("llm") a frozen causal LM, mean-pooled or attention-pooled, with a trained
+projection.
 """
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ class StickerCLIPConfig:
     """Everything needed to rebuild a StickerCLIP (and its preprocessing) from scratch."""
 
     vision: dict  # ChineseCLIPVisionConfig fields, or {"kind": "resnet", "layers": [...], "width": 64, ...}
-    text: dict  # ChineseCLIPTextConfig fields, or {"kind": "llm", "llm": name, "layer": -1, "depth": None, "hidden": 1024}
+    # ChineseCLIPTextConfig fields, or {"kind": "llm", "llm": name, "layer": -1, "depth": None, "hidden": 1024,
+    # "pool": "mean" | "attention", "pool_heads": 8}
+    text: dict
     embed_dim: int = 512
     image_size: int = 224
     image_mean: tuple = CLIP_MEAN
@@ -97,14 +100,44 @@ def named_config(name: str) -> StickerCLIPConfig:
     return StickerCLIPConfig(name=name, **table[name])
 
 
+TEXT_POOLS = ("mean", "attention")
+
+
+class AttentionPool(nn.Module):
+    """(B, T, H) token states and a (B, T) mask of real tokens -> (B, H). Each of `heads` learned queries
+    weighs the tokens for its own H/heads channels (a causal LM's later tokens have read the words
+    before them: `鼓掌`'s second token knows it is applause, the first only a drum). The queries start
+    at zero, which weighs every token alike: the mean."""
+
+    def __init__(self, hidden: int, heads: int = 8):
+        super().__init__()
+        if heads < 1 or hidden % heads:
+            raise ValueError(f"attention pooling: {heads} heads do not divide the LLM's {hidden} channels")
+        self.norm = nn.LayerNorm(hidden)
+        self.query = nn.Parameter(torch.zeros(heads, hidden))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, h = hidden.shape
+        k = self.query.shape[0]
+        mask = mask.bool()
+        scores = torch.einsum("bth,kh->bkt", self.norm(hidden), self.query.to(hidden.dtype)) / h ** 0.5  # (B, K, T)
+        some = mask.any(1)  # (B,) a text with no token (the empty string) pools to zeros, as the mean does
+        weights = scores.masked_fill(~(mask | ~some[:, None])[:, None, :], float("-inf")).softmax(-1)  # (B, K, T)
+        parts = hidden.reshape(b, t, k, h // k)  # (B, T, K, H/K)
+        pooled = torch.einsum("bkt,btkc->bkc", weights, parts).reshape(b, h)  # (B, H)
+        return pooled * some[:, None].to(pooled.dtype)
+
+
 class LLMTextTower(nn.Module):
-    """Frozen causal LM -> mean of hidden states over real tokens (BOS excluded).
+    """Frozen causal LM -> one state per text, pooled over its real tokens (BOS excluded): their mean
+    (`pool="mean"`) or a trained `AttentionPool` (`pool="attention"`).
 
     `depth` runs only the first `depth` decoder layers (then the LM's final norm): a shallower,
     faster tower sharing the same weights. `layer` picks an intermediate hidden state instead of
     the last (-1)."""
 
-    def __init__(self, llm, tokenizer, layer: int = -1, depth: int | None = None):
+    def __init__(self, llm, tokenizer, layer: int = -1, depth: int | None = None, pool: str = "mean",
+                 pool_heads: int = 8):
         super().__init__()
         self.llm = llm
         self.llm.requires_grad_(False)
@@ -112,6 +145,9 @@ class LLMTextTower(nn.Module):
         self.layer = layer
         self.depth = depth
         self.hidden_size = llm.config.get_text_config().hidden_size
+        if pool not in TEXT_POOLS:
+            raise ValueError(f"text tower pool {pool!r}: one of {', '.join(TEXT_POOLS)}")
+        self.pool = AttentionPool(self.hidden_size, pool_heads) if pool == "attention" else None  # trained, saved
         body = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
         if depth is not None:
             n = len(body.layers)
@@ -127,19 +163,29 @@ class LLMTextTower(nn.Module):
             body = short
         object.__setattr__(self, "_body", body)  # not a registered submodule: its weights are llm's
 
-    def forward(self, input_ids, attention_mask):
+    def token_states(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids (B, T) -> the frozen LM's states (B, T, H) in float32, and the (B, T) bool mask of
+        the tokens that count (real, not BOS): what `pooled` reads, and what training caches."""
         out = self._body(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.layer != -1)
         hidden = out.last_hidden_state if self.layer == -1 else out.hidden_states[self.layer]  # (B, T, H)
-        mask = attention_mask.clone()
+        mask = attention_mask.bool()
         bos = self.tokenizer.bos_token_id
         if bos is not None:
-            mask = mask * (input_ids != bos)
-        hidden = hidden.float()  # an LLM in bf16 pools and projects in float32 like one in float32
-        mask = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, H)
+            mask = mask & (input_ids != bos)
+        return hidden.float(), mask  # an LLM in bf16 pools and projects in float32 like one in float32
+
+    def pooled(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) token states and their (B, T) mask -> (B, H)."""
+        if self.pool is not None:
+            return self.pool(hidden, mask)
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # (B, H)
+
+    def forward(self, input_ids, attention_mask):
+        return self.pooled(*self.token_states(input_ids, attention_mask))
 
     def identity(self) -> str:
-        """What determines this tower's output, for caches of its states."""
+        """What determines this tower's frozen states (not its trained pooling), for caches of them."""
         name = getattr(self.llm.config, "_name_or_path", "") or type(self.llm).__name__
         return f"{name}|layer={self.layer}|depth={self.depth}"
 
@@ -185,7 +231,8 @@ class StickerCLIP(nn.Module):
 
                 llm = load_causal_lm(config.text["llm"])
             model, tok = llm
-            text = LLMTextTower(model, tok, config.text.get("layer", -1), config.text.get("depth"))
+            text = LLMTextTower(model, tok, config.text.get("layer", -1), config.text.get("depth"),
+                                config.text.get("pool", "mean"), config.text.get("pool_heads", 8))
             tokenizer = tok
             if text_projection is None:
                 text_projection = _text_mlp(text.hidden_size, config.text["hidden"], config.embed_dim)
@@ -199,6 +246,25 @@ class StickerCLIP(nn.Module):
         self.text_projection = text_projection
         self.tokenizer = tokenizer
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+
+    def set_text_pool(self, pool: str, heads: int = 8) -> None:
+        """Pool an LLM text tower's token states another way (`TEXT_POOLS`), recorded in the config. A
+        new `AttentionPool` starts as the mean, so a mean-pooled model's projection still fits it."""
+        if self.config.text_kind != "llm":
+            raise ValueError(f"text pool {pool!r}: only an LLM text tower pools its token states")
+        if pool not in TEXT_POOLS:
+            raise ValueError(f"text tower pool {pool!r}: one of {', '.join(TEXT_POOLS)}")
+        self.text.pool = AttentionPool(self.text.hidden_size, heads).to(self.device) if pool == "attention" else None
+        self.config.text = {**self.config.text, "pool": pool, **({"pool_heads": heads} if pool == "attention" else {})}
+        if pool == "mean":
+            self.config.text.pop("pool_heads", None)
+
+    def new_text_projection(self) -> None:
+        """A freshly initialised projection for an LLM text tower, as a named config starts with."""
+        if self.config.text_kind != "llm":
+            raise ValueError("a new text projection: only for an LLM text tower")
+        self.text_projection = _text_mlp(self.text.hidden_size, self.config.text["hidden"],
+                                         self.config.embed_dim).to(self.device)
 
     # ------------------------------------------------------------------------------ tensors
     @property

@@ -162,6 +162,41 @@ def test_llm_text_tower(tmp_path, family):
     np.testing.assert_array_equal(back.encode_images(_images(tmp_path)), m.encode_images(_images(tmp_path)))
 
 
+def test_attention_pooling_starts_as_the_mean_and_reads_only_real_tokens(tmp_path):
+    llm = tiny_llm("gemma")
+    torch.manual_seed(3)
+    m = load_model("tiny-llm", llm=llm)
+    mean = m.encode_texts(TEXTS)
+    m.set_text_pool("attention", heads=4)
+    assert m.config.text["pool"] == "attention" and m.config.text["pool_heads"] == 4
+    np.testing.assert_allclose(m.encode_texts(TEXTS), mean, atol=1e-5)  # zero queries weigh tokens alike
+    with torch.no_grad():
+        m.text.pool.query.normal_(0, 3.0)
+    att = m.encode_texts(TEXTS)
+    assert np.abs(att[:3] - mean[:3]).max() > 1e-2  # trained queries weigh tokens differently
+    np.testing.assert_allclose(m.encode_texts(TEXTS[1:2])[0], att[1], atol=1e-5)  # padding is not read
+    enc = m.tokenize(["晚安", "a thumbs up 点赞"])
+    h, mask = m.text.token_states(enc["input_ids"], enc["attention_mask"])
+    assert h.dtype == torch.float32 and mask.dtype == torch.bool and mask.sum(1).tolist()[0] < mask.shape[1]
+    mask[0] = False  # a text with no token left pools to zeros, as the mean does
+    pooled = m.text.pooled(h, mask)
+    assert torch.equal(pooled[0], torch.zeros_like(pooled[0])) and torch.isfinite(pooled).all()
+    # the pooling's weights are the model's own: saved, loaded, and the same features back
+    m.save(tmp_path / "att")
+    back = load_model(str(tmp_path / "att"), llm=llm)
+    assert back.config.text["pool"] == "attention"
+    np.testing.assert_array_equal(back.encode_texts(TEXTS), att)
+    with pytest.raises(ValueError, match="3 heads do not divide"):
+        m.set_text_pool("attention", heads=3)
+    with pytest.raises(ValueError, match="text tower pool 'max'"):
+        m.set_text_pool("max")
+    m.set_text_pool("mean")
+    assert m.text.pool is None and "pool_heads" not in m.config.text
+    np.testing.assert_allclose(m.encode_texts(TEXTS), mean, atol=1e-6)
+    with pytest.raises(ValueError, match="only an LLM text tower"):
+        load_model("tiny").set_text_pool("attention")
+
+
 @pytest.mark.parametrize("family", ["gemma", "llama"])
 def test_llm_text_tower_depth_runs_only_the_first_layers(family):
     from stickerclip.model import LLMTextTower

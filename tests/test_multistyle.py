@@ -372,6 +372,52 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
     assert "16×16 pixels" in report and "i2i fluent→noto" in report and (tmp_path / "rep" / "topk.png").is_file()
 
 
+def test_lock_image_trains_only_the_text_side_with_attention_pooling(corpus, tmp_path, monkeypatch):
+    """LiT: the image tower and projection stay --init's (its image vectors, and an adapter made for
+    them, stay valid); the text pooling and projection train over cached token states."""
+    import stickerclip.factory as sf
+    from devkit.tinymodels import tiny_llm
+    from stickerclip.data import read_jsonl
+    from stickerclip.model import StickerCLIP, named_config
+    from train import train_stickerclip_views as tv
+    from train.common import TokenStates, llm_states
+
+    out, _, _ = corpus
+    llm = tiny_llm("gemma")
+    torch.manual_seed(0)
+    StickerCLIP(named_config("tiny-effnet"), llm=llm).save(tmp_path / "init")
+    real = sf.load_model
+    monkeypatch.setattr(tv, "load_model", lambda src, llm=None: real(src, llm=llm_pair))
+    llm_pair = llm
+    args = ["--data", str(out), "--init", str(tmp_path / "init"), "--mode", "lock-image", "--text-pool", "attention",
+            "--pool-heads", "4", "--views", "2", "--steps", "6", "--batch-size", "16", "--eval-every", "3",
+            "--lr", "1e-2", "--quiet"]
+    res = tv.main(args + ["--out", str(tmp_path / "lit")])
+    assert res["mode"] == "lock-image" and res["best"]["step"] in (3, 6)
+    init, lit = real(str(tmp_path / "init"), llm=llm), real(str(tmp_path / "lit"), llm=llm)
+    assert lit.config.text["pool"] == "attention" and lit.config.text["pool_heads"] == 4
+    a, b = init.own_state_dict(), lit.own_state_dict()
+    assert all(torch.equal(v, b[k]) for k, v in a.items() if k.startswith(("vision.", "visual_projection.")))
+    assert not torch.equal(a["text_projection.1.weight"], b["text_projection.1.weight"])
+    assert lit.text.pool.query.abs().sum() > 0  # the queries left the mean
+    recs = list(read_jsonl(out / "test.jsonl"))[:4]
+    np.testing.assert_allclose(lit.encode_images(recs), init.encode_images(recs), atol=1e-6)
+    first = json.loads((tmp_path / "lit" / "log.jsonl").read_text().splitlines()[0])
+    assert first["mode"] == "lock-image" and first["text_pool"] == "attention"
+    # token states are cached (not one pooled state, which a trained pooling cannot use) and reused
+    assert (tmp_path / "lit" / "cache" / "text-tokens.npz").is_file()
+    tv.main(args + ["--out", str(tmp_path / "lit2"), "--cache", str(tmp_path / "lit" / "cache"), "--steps", "2"])
+    log2 = (tmp_path / "lit2" / "log.jsonl").read_text()
+    assert "views from" in log2 and "computing frozen-LLM token states" not in log2
+    with pytest.raises(ValueError, match="token states"):
+        llm_states(lit, ["晚安"], None, print)
+    # packed token states pad a batch and mask the padding
+    states = TokenStates(["a", "bb"], np.arange(6, dtype=np.float16).reshape(3, 2), np.array([0, 1, 3]))
+    x, mask = states.batch(["bb", "a"])
+    assert x.shape == (2, 2, 2) and mask.tolist() == [[True, True], [True, False]]
+    assert x[1, 0].tolist() == [0.0, 1.0] and x[1, 1].tolist() == [0.0, 0.0] and "a" in states and "c" not in states
+
+
 def test_load_model_is_exported_at_package_level():
     import stickerclip
     from stickerclip import factory, model

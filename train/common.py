@@ -1,7 +1,7 @@
 """What the training and evaluation scripts share: reading a split's records (unreadable ones reported
 and left out), keeping the usable ones, a JSON-lines run log, StickerLLM prompts for instructions and
 the `<ret>` queries of its greedy replies (and their T2I recall), ridge regression, StickerCLIP image
-features cached on disk, frozen-LLM text states cached on disk, AdamW parameter groups, and the font
+features cached on disk, frozen-LLM text states (pooled, or per token) cached on disk, AdamW parameter groups, and the font
 of contact sheets."""
 from __future__ import annotations
 
@@ -136,18 +136,34 @@ def image_features(clip, records, log) -> np.ndarray:
     return feats
 
 
+def _read_states(path: str | None, identity: str, fields: tuple, log) -> dict | None:
+    """The arrays `fields` of an npz cache of frozen-LLM states, when it is for the text tower `identity`."""
+    if not path or not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if "identity" in z and str(z["identity"]) == identity and all(f in z for f in fields):
+            return {f: z[f] for f in fields}
+    log(f"{path}: states of another text tower, recomputing")
+    return None
+
+
+def _write_states(path: str | None, identity: str, **arrays) -> None:
+    if path:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, identity=np.array(identity), **arrays)
+        os.replace(tmp, path)
+
+
 @torch.inference_mode()
 def llm_states(model, texts: list[str], cache_path: str | None, log, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Pooled frozen-LLM states of StickerCLIP `model`'s LLM text tower for each distinct text, read
-    from / added to an npz cache (kept only for the same text tower)."""
-    cache: dict[str, np.ndarray] = {}
+    """Mean-pooled frozen-LLM states of StickerCLIP `model`'s LLM text tower for each distinct text,
+    read from / added to an npz cache (kept only for the same text tower). A tower whose pooling is
+    trained (attention) trains over token states instead: `llm_token_states`."""
+    if model.text.pool is not None:
+        raise ValueError("this text tower's pooling is trained: cache its token states (llm_token_states)")
     identity = model.text.identity()
-    if cache_path and os.path.exists(cache_path):
-        with np.load(cache_path, allow_pickle=False) as z:
-            if "identity" in z and str(z["identity"]) == identity:
-                cache = dict(zip(z["texts"].tolist(), z["states"]))
-            else:
-                log(f"{cache_path}: states of another text tower, recomputing")
+    z = _read_states(cache_path, identity, ("texts", "states"), log)
+    cache = dict(zip(z["texts"].tolist(), z["states"])) if z else {}
     todo = sorted(set(texts) - set(cache))
     if todo:
         log(f"computing frozen-LLM states for {len(todo)} texts")
@@ -157,12 +173,62 @@ def llm_states(model, texts: list[str], cache_path: str | None, log, batch_size:
             enc = model.tokenize(chunk)
             h = model.text(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)).float().cpu()
             cache.update(zip(chunk, h.numpy()))
-        if cache_path:
-            keys = list(cache)
-            tmp = cache_path + ".tmp.npz"
-            np.savez(tmp, texts=np.array(keys), states=np.stack([cache[k] for k in keys]), identity=np.array(identity))
-            os.replace(tmp, cache_path)
+        keys = list(cache)
+        _write_states(cache_path, identity, texts=np.array(keys), states=np.stack([cache[k] for k in keys]))
     return cache
+
+
+class TokenStates:
+    """Frozen-LLM token states of many texts, packed: text i's (n_i, H) rows are
+    flat[offsets[i]:offsets[i + 1]], float16 (50k short texts of Gemma 270M: about 400 MB)."""
+
+    def __init__(self, texts: list[str], flat: np.ndarray, offsets: np.ndarray):
+        self.index = {t: i for i, t in enumerate(texts)}
+        self.flat, self.offsets = flat, offsets
+
+    def __contains__(self, text: str) -> bool:
+        return text in self.index
+
+    def get(self, text: str) -> np.ndarray:
+        i = self.index[text]
+        return self.flat[self.offsets[i]:self.offsets[i + 1]]
+
+    def batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (B, T, H) float32 states, zero-padded, and the (B, T) bool mask of real tokens."""
+        rows = [self.get(t) for t in texts]
+        x = torch.zeros(len(rows), max(1, max(len(r) for r in rows)), self.flat.shape[1])
+        mask = torch.zeros(x.shape[:2], dtype=torch.bool)
+        for b, r in enumerate(rows):
+            x[b, :len(r)] = torch.from_numpy(r.astype(np.float32))
+            mask[b, :len(r)] = True
+        return x, mask
+
+
+@torch.inference_mode()
+def llm_token_states(model, texts: list[str], cache_path: str | None, log, batch_size: int = 128) -> TokenStates:
+    """The frozen-LLM token states (`LLMTextTower.token_states`: real tokens only) of each distinct
+    text, for training a text tower whose pooling is trained; read from / added to an npz cache (kept
+    only for the same tower's frozen part)."""
+    identity = model.text.identity() + "|tokens"
+    z = _read_states(cache_path, identity, ("texts", "flat", "offsets"), log)
+    have = TokenStates(z["texts"].tolist(), z["flat"], z["offsets"]) if z else TokenStates([], np.zeros((0, 0)), [0])
+    todo = sorted(set(texts) - set(have.index), key=len)  # like lengths batch with little padding
+    if not todo:
+        return have
+    log(f"computing frozen-LLM token states for {len(todo)} texts")
+    model.eval()
+    rows = {t: have.get(t) for t in have.index}
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i:i + batch_size]
+        enc = model.tokenize(chunk)
+        h, mask = model.text.token_states(enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device))
+        for t, hb, mb in zip(chunk, h.cpu(), mask.cpu()):
+            rows[t] = hb[mb].numpy().astype(np.float16)  # (n, H)
+    keys = list(rows)
+    offsets = np.concatenate([[0], np.cumsum([len(rows[k]) for k in keys])])
+    flat = np.concatenate([rows[k] for k in keys])
+    _write_states(cache_path, identity, texts=np.array(keys), flat=flat, offsets=offsets)
+    return TokenStates(keys, flat, offsets)
 
 
 def param_groups(model, weight_decay: float):

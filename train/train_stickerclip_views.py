@@ -2,7 +2,8 @@
 many art styles, the words people type, sticker-looking augmentations.
 
     python -m train.train_stickerclip_views --data MULTISTYLE_DIR --out OUT [--init default]
-        [--tune-from 14 | --mode freeze-vision] [--views 6] [--steps 1500] [--batch-size 256]
+        [--tune-from 14 | --mode freeze-vision | --mode lock-image] [--text-pool attention]
+        [--views 6] [--steps 1500] [--batch-size 256]
         [--lr 1e-3] [--lr-vision 1e-4] [--cache DIR] [--eval-every 250]
         [--style-pairs --i2i-weight 0.5] [--form-weights emotion=0.3] [--t2t-weight 0.5]
 
@@ -18,7 +19,11 @@ down; not in the default). `--t2t-weight` adds a text-text InfoNCE between two t
 sticker of different forms (its caption and its emotion words, its name and a keyword;
 `stickerclip.loss.multi_positive_loss` over texts): what a caption says then lies near the words people
 search with, which the index's OCR-text similarity reads. `--mode freeze-vision` trains only the projections (Table 1's
-freeze-vision row). The best validation step (mean MR of the name, keyword and English queries
+freeze-vision row). `--mode lock-image` trains the text side only (LiT): the image tower and its
+projection stay those of `--init`, so the image embeddings (and a StickerLLM adapter made for them)
+stay valid; they are computed once from the cached views. `--text-pool attention` pools the LLM's
+token states with a trained `stickerclip.model.AttentionPool` (its queries start at the mean); stage 1
+then caches each text's token states instead of one pooled state. The best validation step (mean MR of the name, keyword and English queries
 and cross-style image search on the valid split) is saved to OUT; OUT/log.jsonl is the log. `--data` is a corpus of
 `train.build_multistyle` (train/valid.jsonl, concepts.json).
 """
@@ -43,7 +48,7 @@ from stickerclip.loss import image_pair_loss, multi_positive_loss
 from stickerclip.factory import load_model
 from stickerclip.runtime import keep_freed_memory
 from train import query_forms as qf
-from train.common import jsonl_logger, llm_states, param_groups
+from train.common import TokenStates, jsonl_logger, llm_states, llm_token_states, param_groups
 
 
 def parse_args(argv=None):
@@ -52,8 +57,14 @@ def parse_args(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--init", default="default", help="named config or saved StickerCLIP (EfficientNet tower)")
     ap.add_argument("--llm", default=None, help="text LLM override (a name) for the LLM text tower")
-    ap.add_argument("--mode", choices=["tune", "freeze-vision"], default="tune")
-    ap.add_argument("--tune-from", type=int, default=14, help="first trained EfficientNet block (tune mode)")
+    ap.add_argument("--mode", choices=["tune", "freeze-vision", "lock-image"], default="tune")
+    ap.add_argument("--text-pool", choices=["mean", "attention"], default=None,
+                    help="pool the LLM text tower's token states this way (default: --init's)")
+    ap.add_argument("--pool-heads", type=int, default=8, help="heads of --text-pool attention")
+    ap.add_argument("--new-text-head", action="store_true",
+                    help="start the text projection afresh instead of from --init's")
+    ap.add_argument("--tune-from", type=int, default=14,
+                    help="first trained EfficientNet block (tune mode); lock-image caches the maps below it")
     ap.add_argument("--views", type=int, default=6, help="cached pictures per training sticker (1 clean)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=256)
@@ -118,8 +129,8 @@ def cache_views(model, records, views: int, stop: int | None, seed: int, log) ->
     return np.concatenate(rows), np.asarray(owner)
 
 
-def validate(model, valid, concepts, holdout) -> dict:
-    res = qf.evaluate_forms(model, valid, concepts, holdout, pixel_baseline=False)
+def validate(model, valid, concepts, holdout, image_feats=None) -> dict:
+    res = qf.evaluate_forms(model, valid, concepts, holdout, pixel_baseline=False, image_feats=image_feats)
     parts = [res["t2i"][f]["MR"] for f in ("name", "keyword", "english") if f in res["t2i"]]
     parts += [v["MR"] for v in res.get("i2i", {}).values()]
     res["score"] = round(float(np.mean(parts)), 2)
@@ -140,7 +151,8 @@ class Run:
     holdout: str
     model: object
     freeze: bool  # --mode freeze-vision: only the projections train
-    start: int | None  # the first trained block of the image tower (None when frozen)
+    lock: bool  # --mode lock-image: only the text side trains
+    start: int | None  # the first trained block of the image tower (None when frozen; lock-image: cached below it)
 
 
 def setup(args) -> Run:
@@ -166,27 +178,39 @@ def setup(args) -> Run:
     if model.config.vision_kind != "efficientnet":
         raise SystemExit(f"--init {args.init}: this recipe trains an EfficientNet image tower "
                          f"(got {model.config.vision_kind}); use train.train_stickerclip")
-    freeze = args.mode == "freeze-vision"
+    if args.text_pool and args.text_pool != model.config.text.get("pool", "mean"):
+        try:
+            model.set_text_pool(args.text_pool, args.pool_heads)
+        except ValueError as e:
+            raise SystemExit(f"--text-pool {args.text_pool}: {e}")
+    if args.new_text_head:
+        try:
+            model.new_text_projection()
+        except ValueError as e:
+            raise SystemExit(f"--new-text-head: {e}")
+    freeze, lock = args.mode == "freeze-vision", args.mode == "lock-image"
     start = None if freeze else args.tune_from
     n_blocks = len(model.vision._blocks)
     if start is not None and not 0 <= start <= n_blocks:
         raise SystemExit(f"--tune-from {start}: the image tower has {n_blocks} blocks")
     log(f"training on {len(train)} stickers ({len(concepts)} concepts), validating on {len(valid)}",
-        mode=args.mode, tune_from=start, holdout=holdout,
+        mode=args.mode, tune_from=start, holdout=holdout, text_pool=model.config.text.get("pool", "mean"),
+        new_text_head=args.new_text_head,
         style_pairs=args.style_pairs, i2i_weight=args.i2i_weight, form_weights=args.form_weights,
         t2t_weight=args.t2t_weight)
-    return Run(args, out, cache, log, train, valid, concepts, holdout, model, freeze, start)
+    return Run(args, out, cache, log, train, valid, concepts, holdout, model, freeze, lock, start)
 
 
 @dataclass
 class Inputs:
     """Stage 1's cached inputs: image views (trunk maps) per sticker, query forms, text states."""
 
-    maps: np.ndarray  # (rows, ...) the image tower's maps below `start`, or pooled features when frozen
+    maps: np.ndarray  # (rows, ...) the image tower's maps below `start`, pooled features when frozen, or
+    # (rows, D) the locked image embeddings (lock-image)
     rows_of: list  # per training sticker: its rows of `maps`
     forms: list  # per training sticker: its query forms (train.query_forms)
     viewsets: list  # per training sticker: every text that may stand for it
-    states: dict  # text -> the frozen LLM's pooled state (H,)
+    states: dict | TokenStates  # text -> the frozen LLM's mean state (H,); token states for a trained pooling
 
 
 def cached_inputs(run: Run) -> Inputs:
@@ -196,8 +220,8 @@ def cached_inputs(run: Run) -> Inputs:
     vague = qf.vague_keywords({k: v for k, v in run.concepts.items() if k in train_concepts})
     forms = [qf.record_forms(r, run.concepts.get(r.concept), vague) for r in train]
     viewsets = [frozenset(t for ts in f.values() for t in ts) for f in forms]
-    key = hashlib.sha256(json.dumps([model.identity(), [r.id for r in train], args.views, run.start, args.seed,
-                                     model.config.image_size]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([trunk_identity(model, run.start), [r.id for r in train], args.views, run.start,
+                                     args.seed]).encode()).hexdigest()[:16]
     vpath = run.cache / f"views-{key}.npz"
     if vpath.is_file():
         with np.load(vpath) as z:
@@ -206,24 +230,65 @@ def cached_inputs(run: Run) -> Inputs:
     else:
         maps, owner = cache_views(model, train, args.views, run.start, args.seed, run.log)
         np.savez(vpath, maps=maps, owner=owner)
+    if run.lock:
+        maps = locked_embeddings(model, maps, run.start)
     rows_of = [np.flatnonzero(owner == i) for i in range(len(train))]
     texts = sorted(set().union(*viewsets))
-    states = llm_states(model, texts, str(run.cache / "text-states.npz"), run.log)
+    if getattr(model.text, "pool", None) is None:
+        states = llm_states(model, texts, str(run.cache / "text-states.npz"), run.log)
+    else:
+        states = llm_token_states(model, texts, str(run.cache / "text-tokens.npz"), run.log)
     return Inputs(maps, rows_of, forms, viewsets, states)
 
 
+def trunk_identity(model, start: int | None) -> str:
+    """What cached views depend on: the preprocessing and the image tower's weights below block `start`
+    (all of it when None), not the text side or the trained top (a lock-image run from a tuned model
+    reuses its maps)."""
+    c = model.config
+    h = hashlib.sha256(json.dumps([c.vision, c.image_size, list(c.image_mean), list(c.image_std)]).encode())
+    for k, v in sorted(model.vision.state_dict().items()):
+        top = k.startswith(("_conv_head", "_bn1")) or (k.startswith("_blocks.") and int(k.split(".")[1]) >= start)
+        if start is None or not top:
+            h.update(k.encode())
+            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def locked_embeddings(model, maps: np.ndarray, start: int, chunk: int = 512) -> np.ndarray:
+    """(rows, C, h, w) cached maps below block `start` -> (rows, D) float32 image embeddings of the
+    locked tower (unnormalised, as the loss takes them)."""
+    model.eval()
+    return np.concatenate([model.image_features_from_trunk(torch.from_numpy(maps[i:i + chunk].astype(np.float32)),
+                                                           start).numpy() for i in range(0, len(maps), chunk)])
+
+
+def text_features(run: Run, inputs: Inputs, texts: list[str]) -> torch.Tensor:
+    """(B, D) the text side's features of `texts` from their cached states, with dropout on the pooled
+    state (--text-dropout)."""
+    if isinstance(inputs.states, TokenStates):
+        h = run.model.text.pooled(*inputs.states.batch(texts))  # (B, H)
+    else:
+        h = torch.from_numpy(np.stack([inputs.states[t] for t in texts]))  # (B, H)
+    return run.model.text_projection(torch.nn.functional.dropout(h, run.args.text_dropout))
+
+
 def make_optimizer(run: Run) -> torch.optim.Optimizer:
-    """Stage 2's trainable set: the projections, the temperature and (unless frozen) the image tower
-    from block `start` up, the tower at its own learning rate."""
+    """Stage 2's trainable set: the text projection (and a trained text pooling), the temperature, and
+    unless the image side is locked the image projection and (unless frozen) the image tower from block
+    `start` up, the tower at its own learning rate."""
     args, model = run.args, run.model
     model.requires_grad_(False)
-    trained = [model.visual_projection, model.text_projection]
-    if not run.freeze:
-        trained += [model.vision._blocks[run.start:], model.vision._conv_head, model.vision._bn1]
+    pool = getattr(model.text, "pool", None)  # a trained pooling of the LLM's token states
+    text_side = [model.text_projection] + ([pool] if pool is not None else [])
+    tower = [] if run.freeze or run.lock else [model.vision._blocks[run.start:], model.vision._conv_head,
+                                               model.vision._bn1]
+    trained = text_side + ([] if run.lock else [model.visual_projection]) + tower
     for m in trained:
         m.requires_grad_(True)
     model.logit_scale.requires_grad_(True)
-    vision_ids = {id(p) for m in trained[2:] for p in m.parameters()}
+    vision_ids = {id(p) for m in tower for p in m.parameters()}
     groups = []
     for g in param_groups(model, args.weight_decay):
         vis = [p for p in g["params"] if id(p) in vision_ids]
@@ -261,6 +326,7 @@ def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[fl
     rng = random.Random(args.seed)
     pairs = pair_sampler(train, args.batch_size, rng) if args.style_pairs else None
     best, best_state = {"score": -1.0}, None
+    valid_images = model.encode_images(run.valid) if run.lock and run.valid else None  # locked: the same each time
     model.train()
     t0 = time.time()
     for step in range(1, args.steps + 1):
@@ -268,12 +334,14 @@ def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[fl
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * scale
         idx = pairs() if pairs else rng.sample(range(len(train)), min(args.batch_size, len(train)))
-        x = torch.from_numpy(inputs.maps[[rng.choice(inputs.rows_of[i]) for i in idx]].astype(np.float32))
+        x = torch.from_numpy(inputs.maps[[rng.choice(inputs.rows_of[i]) for i in idx]].astype(np.float32))  # (B, ...)
         batch_texts = [qf.draw(inputs.forms[i], rng, args.form_weights) for i in idx]
-        h = torch.from_numpy(np.stack([inputs.states[t] for t in batch_texts]))  # (B, H)
         positives = torch.tensor([[t in inputs.viewsets[j] for j in idx] for t in batch_texts])  # (B texts, B images)
-        img = model.visual_projection(x) if run.freeze else model.image_features_from_trunk(x, run.start)  # (B, D)
-        txt = model.text_projection(torch.nn.functional.dropout(h, args.text_dropout))  # (B, D)
+        if run.lock:
+            img = x  # (B, D) the locked embeddings
+        else:
+            img = model.visual_projection(x) if run.freeze else model.image_features_from_trunk(x, run.start)  # (B, D)
+        txt = text_features(run, inputs, batch_texts)  # (B, D)
         loss = multi_positive_loss(img, txt, model.logit_scale, positives)
         if args.i2i_weight:
             concept = [train[i].concept for i in idx]
@@ -282,8 +350,7 @@ def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[fl
         if args.t2t_weight:
             seconds = [qf.draw(qf.other_forms(inputs.forms[i], t), rng, args.form_weights)
                        for i, t in zip(idx, batch_texts)]
-            h2 = torch.from_numpy(np.stack([inputs.states[t] for t in seconds]))  # (B, H)
-            txt2 = model.text_projection(torch.nn.functional.dropout(h2, args.text_dropout))  # (B, D)
+            txt2 = text_features(run, inputs, seconds)  # (B, D)
             # text i fits text j when it fits j's sticker, or j's text fits i's sticker
             fits = positives | torch.tensor([[t in inputs.viewsets[i] for t in seconds] for i in idx])  # (B, B)
             loss = loss + args.t2t_weight * multi_positive_loss(txt2, txt, model.logit_scale, fits)
@@ -294,7 +361,7 @@ def train_loop(run: Run, inputs: Inputs, opt: torch.optim.Optimizer) -> tuple[fl
             run.log("step", step=step, loss=round(loss.item(), 4), lr=round(opt.param_groups[0]["lr"], 6),
                     temperature=round(1 / model.logit_scale.exp().item(), 4), seconds=round(time.time() - t0))
         if run.valid and (step % args.eval_every == 0 or step == args.steps):
-            res = validate(model, run.valid, run.concepts, run.holdout)
+            res = validate(model, run.valid, run.concepts, run.holdout, valid_images)
             model.train()
             run.log("validation", step=step, score=res["score"], t2i={k: v["MR"] for k, v in res["t2i"].items()},
                     i2i={k: v["MR"] for k, v in res.get("i2i", {}).items()})
