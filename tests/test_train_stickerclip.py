@@ -125,6 +125,12 @@ def test_llm_text_tower_training(planted, tmp_path):
     back = load_model(str(out))
     assert back.config.text["llm"] == str(tmp_path / "llm")
     assert res["valid"]["n"] == 12
+    # an attention-pooled tower cannot train over pooled states: this script says which one can
+    back.set_text_pool("attention", heads=4)
+    back.save(tmp_path / "att")
+    with pytest.raises(SystemExit, match="pooling is trained.*train_stickerclip_views"):
+        train_stickerclip.main(["--data", str(planted), "--out", str(tmp_path / "attrun"), "--init",
+                                str(tmp_path / "att"), "--max-steps", "2", "--quiet"])
 
 
 def test_text_cache_belongs_to_one_text_tower(tmp_path):

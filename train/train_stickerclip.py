@@ -148,6 +148,9 @@ def setup(args) -> Run:
         model.vision.requires_grad_(False)
         model.visual_projection.requires_grad_(False)
     if model.config.text_kind == "llm":
+        if model.text.pool is not None:
+            raise SystemExit(f"--init {args.init}: its text tower's pooling is trained (attention); this script "
+                             "trains over pooled frozen-LLM states: use train.train_stickerclip_views")
         model.text.requires_grad_(False)
     return Run(args, acc, out, log, model=model, raw=model, resuming=resuming)
 
