@@ -105,9 +105,9 @@ TEXT_POOLS = ("mean", "attention")
 
 class AttentionPool(nn.Module):
     """(B, T, H) token states and a (B, T) mask of real tokens -> (B, H). Each of `heads` learned queries
-    weighs the tokens for its own H/heads channels (a causal LM's later tokens have read the words
-    before them: `鼓掌`'s second token knows it is applause, the first only a drum). The queries start
-    at zero, which weighs every token alike: the mean."""
+    weighs the tokens for its own H/heads channels: which words of `给我找个猫的图` say what is asked
+    (a causal LM's later tokens have also read the words before them). The queries start at zero,
+    which weighs every token alike: the mean."""
 
     def __init__(self, hidden: int, heads: int = 8):
         super().__init__()
@@ -395,21 +395,26 @@ class StickerCLIP(nn.Module):
 
         Hashed once and kept while the config and the weights are unchanged (a weight changed in
         place, by training or load_state_dict, bumps its tensor's version and the hash is redone)."""
-        import hashlib
-
         config = json.dumps(asdict(self.config), sort_keys=True, default=str)
         weights = sorted(self.own_state_dict().items())
         key = (config, tuple((k, v.data_ptr(), v._version, v.dtype, str(v.device)) for k, v in weights))
         cached = getattr(self, "_identity", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        h = hashlib.sha256(config.encode())
-        for k, v in weights:
-            h.update(k.encode())
-            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-        ident = f"{self.config.name or 'stickerclip'}-{h.hexdigest()[:16]}"
+        ident = f"{self.config.name or 'stickerclip'}-{_fingerprint(config, weights)}"
         self._identity = (key, ident)
         return ident
+
+    def image_identity(self) -> str:
+        """A fingerprint of the image side alone: its config, preprocessing, the image tower and its
+        projection; what image vectors depend on. A StickerLLM adapter maps into and out of image space,
+        so it stays valid for a model whose text side was retrained over the same image side
+        (`train_stickerclip_views --mode lock-image`)."""
+        c = self.config
+        config = json.dumps([c.vision, c.embed_dim, c.image_size, list(c.image_mean), list(c.image_std)],
+                            sort_keys=True, default=str)
+        weights = sorted((k, v) for k, v in self.own_state_dict().items() if k.startswith(("vision.", "visual_projection.")))
+        return f"image-{_fingerprint(config, weights)}"
 
     def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write config, weights (safetensors) and tokenizer files to `directory`, atomically per file.
@@ -427,6 +432,16 @@ class StickerCLIP(nn.Module):
         cfg = {"format": FORMAT, **asdict(self.config)}
         _atomic(d / "config.json", lambda p: p.write_text(json.dumps(cfg, indent=2, ensure_ascii=False)))
         return d
+
+
+def _fingerprint(config: str, weights: list) -> str:
+    import hashlib
+
+    h = hashlib.sha256(config.encode())
+    for k, v in weights:
+        h.update(k.encode())
+        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _atomic(path: Path, write) -> None:

@@ -140,7 +140,8 @@ class StickerChat:
         self.batcher = BatchDecoder(self.model, max_batch, max_waiting, turn_cache_bytes) if decoder is None else None
         self._lock = threading.Lock()  # one reply at a time through `decoder`
         if index is not None:
-            want = model.config.clip_identity
+            # the StickerCLIP this StickerLLM queries with (its text side may be newer than the adapter)
+            want = model.clip.identity() if model.clip is not None else model.config.clip_identity
             have = index.info().get("model")
             if want and have and want != have:
                 raise ValueError(f"the sticker index was built with StickerCLIP {have}, but this StickerLLM "

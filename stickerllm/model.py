@@ -39,7 +39,10 @@ ADAPTER_FILE = "adapter.safetensors"
 class StickerLLMConfig:
     llm: str  # what load_causal_lm takes: hub id, directory, .gguf or the embedded default
     clip: str  # the StickerCLIP (load_model name or path) whose image space the queries live in
-    clip_identity: str = ""  # StickerCLIP.identity() at training time; indexes are checked against it
+    clip_identity: str = ""  # StickerCLIP.identity() at training time
+    # StickerCLIP.image_identity() at training time: W_t and W_c read and write image space only, so a
+    # StickerCLIP whose text side alone was retrained (LiT) over this image side fits the adapter too
+    clip_image_identity: str = ""
     image_tokens: int = 1  # LLM input embeddings per image
     hidden_size: int = 0
     clip_dim: int = 0
@@ -80,6 +83,8 @@ class StickerLLM(nn.Module):
             config.clip_dim = clip.config.embed_dim
             if not config.clip_identity:
                 config.clip_identity = clip.identity()
+            if not config.clip_image_identity:
+                config.clip_image_identity = clip.image_identity()
         if not config.clip_dim:
             raise ValueError("StickerLLMConfig.clip_dim is unknown: pass a StickerCLIP or set clip_dim")
         config.tied = head is None or head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr()
@@ -434,9 +439,12 @@ def load(directory: str | os.PathLike, llm=None, clip=None, device=None, dtype=N
     model, tok, _ = _llm(llm if isinstance(llm, tuple) else cfg.llm, device, dtype)
     clip_src = clip if clip is not None else _relative(cfg.clip, d)
     clip_model = _clip(clip_src, cfg.llm, (model, tok), device, dtype)
-    if clip_model is not None and cfg.clip_identity and clip_model.identity() != cfg.clip_identity:
-        raise ValueError(f"{d}: trained with StickerCLIP {cfg.clip_identity}, but {clip_src} is "
-                         f"{clip_model.identity()}; pass the StickerCLIP it was trained with")
+    if clip_model is not None and cfg.clip_identity and clip_model.identity() != cfg.clip_identity and \
+            not (cfg.clip_image_identity and clip_model.image_identity() == cfg.clip_image_identity):
+        what = clip_src if isinstance(clip_src, (str, os.PathLike)) else "the StickerCLIP given"
+        raise ValueError(f"{d}: trained with StickerCLIP {cfg.clip_identity}, but {what} is "
+                         f"{clip_model.identity()} and its image side differs; pass the StickerCLIP it was "
+                         "trained with (or one whose text side alone was retrained over it)")
     out = StickerLLM(model, tok, cfg, clip=clip_model, init=False)
     out.load_adapter(load_file(str(d / ADAPTER_FILE)), f"{d / ADAPTER_FILE}")
     return out.eval()

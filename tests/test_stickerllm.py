@@ -274,8 +274,16 @@ def test_save_load_round_trip(family, clip, tmp_path):
     other = StickerCLIP(named_config("tiny")).eval()
     with torch.no_grad():
         next(other.parameters()).add_(1.0)
-    with pytest.raises(ValueError, match="trained with StickerCLIP"):
+    with pytest.raises(ValueError, match="trained with StickerCLIP.*its image side differs"):
         load(tmp_path / "a", llm=(llm, tok), clip=other)
+    # a StickerCLIP whose text side alone was retrained (LiT) keeps the image space W_t and W_c work in
+    import copy
+
+    retext = copy.deepcopy(clip)
+    with torch.no_grad():
+        next(retext.text_projection.parameters()).add_(1.0)
+    assert retext.identity() != clip.identity() and retext.image_identity() == clip.image_identity()
+    assert load(tmp_path / "a", llm=(llm, tok), clip=retext).clip is retext
     (tmp_path / "b").mkdir()
     with pytest.raises(FileNotFoundError, match="not a StickerLLM adapter"):
         load(tmp_path / "b", llm=(llm, tok), clip=clip)
@@ -477,10 +485,14 @@ def test_sampling_is_seeded_and_settings_are_checked(clip):
 
 
 def test_chat_refuses_an_index_of_another_stickerclip(clip, planted_index):
-    m = make("gemma", clip)
-    m.config.clip_identity = "another-model"
-    with pytest.raises(ValueError, match="index"):
-        StickerChat(m, planted_index)
+    import copy
+
+    StickerChat(make("gemma", clip), planted_index)  # the index's own StickerCLIP
+    other = copy.deepcopy(clip)
+    with torch.no_grad():  # a new text side alone: the index holds the old text tower's OCR-text vectors
+        next(other.text_projection.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="index was built with StickerCLIP"):
+        StickerChat(make("gemma", other), planted_index)
 
 
 @pytest.mark.parametrize("family", ["gemma", "llama"])

@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
     old.clip = new_clip
     old.config.clip = getattr(new_clip, "source", args.new_clip)
     old.config.clip_identity = new_clip.identity()
+    old.config.clip_image_identity = new_clip.image_identity()
     old.config.clip_dim = d_new
     cos_t = float((torch.nn.functional.normalize(torch.from_numpy(to @ M), dim=-1) *
                    torch.from_numpy(tn)).sum(-1).mean())
