@@ -325,20 +325,29 @@ def test_sticker_look_keeps_size_and_is_seeded():
 
 
 # ------------------------------------------------------------------------------- recipe and eval
-def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
-    from stickerclip.model import StickerCLIP, named_config
+@pytest.fixture
+def views_init(tmp_path, monkeypatch):
+    """A tiny EfficientNet + LLM StickerCLIP saved at tmp_path/init, and train_stickerclip_views loading
+    every model with its tiny LLM -> (the real load_model, the LLM pair)."""
+    import stickerclip.factory as sf
     from devkit.tinymodels import tiny_llm
-    from train import eval_stickerclip, train_stickerclip_views as tv
+    from stickerclip.model import StickerCLIP, named_config
+    from train import train_stickerclip_views as tv
 
-    out, _, _ = corpus
     llm = tiny_llm("gemma")
     torch.manual_seed(0)
     StickerCLIP(named_config("tiny-effnet"), llm=llm).save(tmp_path / "init")
-    import stickerclip.factory as sf
-
     real = sf.load_model
     monkeypatch.setattr(tv, "load_model", lambda src, llm=None: real(src, llm=llm_pair))
     llm_pair = llm
+    return real, llm
+
+
+def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch, views_init):
+    from train import eval_stickerclip, train_stickerclip_views as tv
+
+    out, _, _ = corpus
+    real, llm_pair = views_init
     res = tv.main(["--data", str(out), "--out", str(tmp_path / "run"), "--init", str(tmp_path / "init"),
                    "--views", "2", "--steps", "6", "--batch-size", "16", "--eval-every", "3", "--quiet"])
     assert res["best"]["step"] in (3, 6) and res["tune_from"] == 14
@@ -372,23 +381,15 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch):
     assert "16×16 pixels" in report and "i2i fluent→noto" in report and (tmp_path / "rep" / "topk.png").is_file()
 
 
-def test_lock_image_trains_only_the_text_side_with_attention_pooling(corpus, tmp_path, monkeypatch):
+def test_lock_image_trains_only_the_text_side_with_attention_pooling(corpus, tmp_path, views_init):
     """LiT: the image tower and projection stay --init's (its image vectors, and an adapter made for
     them, stay valid); the text pooling and projection train over cached token states."""
-    import stickerclip.factory as sf
-    from devkit.tinymodels import tiny_llm
     from stickerclip.data import read_jsonl
-    from stickerclip.model import StickerCLIP, named_config
     from train import train_stickerclip_views as tv
     from train.common import TokenStates, llm_states
 
     out, _, _ = corpus
-    llm = tiny_llm("gemma")
-    torch.manual_seed(0)
-    StickerCLIP(named_config("tiny-effnet"), llm=llm).save(tmp_path / "init")
-    real = sf.load_model
-    monkeypatch.setattr(tv, "load_model", lambda src, llm=None: real(src, llm=llm_pair))
-    llm_pair = llm
+    real, llm = views_init
     args = ["--data", str(out), "--init", str(tmp_path / "init"), "--mode", "lock-image", "--text-pool", "attention",
             "--pool-heads", "4", "--views", "2", "--steps", "6", "--batch-size", "16", "--eval-every", "3",
             "--lr", "1e-2", "--quiet"]
