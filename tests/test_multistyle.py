@@ -370,6 +370,8 @@ def test_recipe_trains_and_evaluates_per_form(corpus, tmp_path, monkeypatch, vie
     assert res["best"]["step"] == 3
     with pytest.raises(SystemExit):
         tv.parse_args(["--data", "d", "--out", "o", "--i2i-weight", "0.5"])  # needs --style-pairs
+    with pytest.raises(SystemExit):  # the image side is locked: nothing for an image-image loss to train
+        tv.parse_args(["--data", "d", "--out", "o", "--mode", "lock-image", "--style-pairs", "--i2i-weight", "0.5"])
     monkeypatch.setattr(eval_stickerclip, "load_model", lambda src, **kw: real(src, llm=llm_pair))
     got = eval_stickerclip.main(["--model", str(tmp_path / "run"), "--data", str(out), "--split", "test",
                                  "--report", str(tmp_path / "rep")])

@@ -87,6 +87,8 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.i2i_weight and not args.style_pairs:
         ap.error("--i2i-weight needs --style-pairs (a batch must hold stickers that share a concept)")
+    if args.i2i_weight and args.mode == "lock-image":
+        ap.error("--i2i-weight trains the image side, which --mode lock-image keeps as it is")
     try:
         args.form_weights = qf.parse_weights(args.form_weights)
     except ValueError as e:
