@@ -103,6 +103,13 @@ def named_config(name: str) -> StickerCLIPConfig:
 TEXT_POOLS = ("mean", "attention")
 
 
+def text_pool(pool: str, hidden: int, heads: int = 8) -> "AttentionPool | None":
+    """The trained pooling of an LLM text tower of kind `pool` (`TEXT_POOLS`): None for the mean."""
+    if pool not in TEXT_POOLS:
+        raise ValueError(f"text tower pool {pool!r}: one of {', '.join(TEXT_POOLS)}")
+    return AttentionPool(hidden, heads) if pool == "attention" else None
+
+
 class AttentionPool(nn.Module):
     """(B, T, H) token states and a (B, T) mask of real tokens -> (B, H). Each of `heads` learned queries
     weighs the tokens for its own H/heads channels: which words of `给我找个猫的图` say what is asked
@@ -145,9 +152,7 @@ class LLMTextTower(nn.Module):
         self.layer = layer
         self.depth = depth
         self.hidden_size = llm.config.get_text_config().hidden_size
-        if pool not in TEXT_POOLS:
-            raise ValueError(f"text tower pool {pool!r}: one of {', '.join(TEXT_POOLS)}")
-        self.pool = AttentionPool(self.hidden_size, pool_heads) if pool == "attention" else None  # trained, saved
+        self.pool = text_pool(pool, self.hidden_size, pool_heads)  # trained and saved, or None (the mean)
         body = llm.get_decoder() if hasattr(llm, "get_decoder") else llm
         if depth is not None:
             n = len(body.layers)
@@ -252,12 +257,10 @@ class StickerCLIP(nn.Module):
         new `AttentionPool` starts as the mean, so a mean-pooled model's projection still fits it."""
         if self.config.text_kind != "llm":
             raise ValueError(f"text pool {pool!r}: only an LLM text tower pools its token states")
-        if pool not in TEXT_POOLS:
-            raise ValueError(f"text tower pool {pool!r}: one of {', '.join(TEXT_POOLS)}")
-        self.text.pool = AttentionPool(self.text.hidden_size, heads).to(self.device) if pool == "attention" else None
-        self.config.text = {**self.config.text, "pool": pool, **({"pool_heads": heads} if pool == "attention" else {})}
-        if pool == "mean":
-            self.config.text.pop("pool_heads", None)
+        new = text_pool(pool, self.text.hidden_size, heads)
+        self.text.pool = new.to(self.device) if new is not None else None
+        text = {k: v for k, v in self.config.text.items() if k != "pool_heads"}
+        self.config.text = {**text, "pool": pool, **({"pool_heads": heads} if new is not None else {})}
 
     def new_text_projection(self) -> None:
         """A freshly initialised projection for an LLM text tower, as a named config starts with."""
@@ -401,7 +404,7 @@ class StickerCLIP(nn.Module):
         cached = getattr(self, "_identity", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        ident = f"{self.config.name or 'stickerclip'}-{_fingerprint(config, weights)}"
+        ident = f"{self.config.name or 'stickerclip'}-{fingerprint(config, weights)}"
         self._identity = (key, ident)
         return ident
 
@@ -414,7 +417,7 @@ class StickerCLIP(nn.Module):
         config = json.dumps([c.vision, c.embed_dim, c.image_size, list(c.image_mean), list(c.image_std)],
                             sort_keys=True, default=str)
         weights = sorted((k, v) for k, v in self.own_state_dict().items() if k.startswith(("vision.", "visual_projection.")))
-        return f"image-{_fingerprint(config, weights)}"
+        return f"image-{fingerprint(config, weights)}"
 
     def save(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write config, weights (safetensors) and tokenizer files to `directory`, atomically per file.
@@ -434,7 +437,9 @@ class StickerCLIP(nn.Module):
         return d
 
 
-def _fingerprint(config: str, weights: list) -> str:
+def fingerprint(config: str, weights) -> str:
+    """16 hex digits of a config string and (name, tensor) pairs, in the order given: what `identity`
+    and `image_identity` hash, and caches of part of a model (e.g. the image trunk) too."""
     import hashlib
 
     h = hashlib.sha256(config.encode())

@@ -46,6 +46,7 @@ from stickerclip.augment import sticker_look
 from stickerclip.data import read_jsonl
 from stickerclip.loss import image_pair_loss, multi_positive_loss
 from stickerclip.factory import load_model
+from stickerclip.model import fingerprint
 from stickerclip.runtime import keep_freed_memory
 from train import query_forms as qf
 from train.common import TokenStates, jsonl_logger, llm_states, llm_token_states, param_groups
@@ -248,13 +249,13 @@ def trunk_identity(model, start: int | None) -> str:
     (all of it when None), not the text side or the trained top (a lock-image run from a tuned model
     reuses its maps)."""
     c = model.config
-    h = hashlib.sha256(json.dumps([c.vision, c.image_size, list(c.image_mean), list(c.image_std)]).encode())
-    for k, v in sorted(model.vision.state_dict().items()):
+
+    def below(k: str) -> bool:
         top = k.startswith(("_conv_head", "_bn1")) or (k.startswith("_blocks.") and int(k.split(".")[1]) >= start)
-        if start is None or not top:
-            h.update(k.encode())
-            h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+        return start is None or not top
+
+    return fingerprint(json.dumps([c.vision, c.image_size, list(c.image_mean), list(c.image_std)]),
+                       [(k, v) for k, v in sorted(model.vision.state_dict().items()) if below(k)])
 
 
 @torch.inference_mode()
