@@ -412,6 +412,14 @@ def test_lock_image_trains_only_the_text_side_with_attention_pooling(corpus, tmp
     tv.main(args + ["--out", str(tmp_path / "lit2"), "--cache", str(tmp_path / "lit" / "cache"), "--steps", "2"])
     log2 = (tmp_path / "lit2" / "log.jsonl").read_text()
     assert "views from" in log2 and "computing frozen-LLM token states" not in log2
+    # the chosen recipe once more on train + valid (the held-out style still out): nothing validates
+    res = tv.main(args + ["--out", str(tmp_path / "lit3"), "--cache", str(tmp_path / "lit" / "cache"), "--steps", "2",
+                          "--train-on-valid"])
+    holdout = json.loads((out / "corpus.json").read_text())["holdout"]
+    n = sum(r.art != holdout for split in ("train", "valid") for r in read_jsonl(out / f"{split}.jsonl"))
+    log3 = [json.loads(line) for line in (tmp_path / "lit3" / "log.jsonl").read_text().splitlines()]
+    assert log3[0]["msg"].startswith(f"training on {n} stickers") and log3[0]["train_on_valid"]
+    assert not any(r["msg"] == "validation" for r in log3) and res["best"] == {"step": 2}
     with pytest.raises(ValueError, match="token states"):
         llm_states(lit, ["晚安"], None, print)
     # packed token states pad a batch and mask the padding

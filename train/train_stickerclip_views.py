@@ -24,7 +24,9 @@ projection stay those of `--init`, so the image embeddings (and a StickerLLM ada
 stay valid; they are computed once from the cached views. `--text-pool attention` pools the LLM's
 token states with a trained `stickerclip.model.AttentionPool` (its queries start at the mean); stage 1
 then caches each text's token states instead of one pooled state. The best validation step (mean MR of the name, keyword and English queries
-and cross-style image search on the valid split) is saved to OUT; OUT/log.jsonl is the log. `--data` is a corpus of
+and cross-style image search on the valid split) is saved to OUT; OUT/log.jsonl is the log. Once a recipe and
+its --steps are chosen that way, `--train-on-valid` trains it once more on the train and valid splits
+(the held-out art style still left out) and saves the last step; the test split stays unseen. `--data` is a corpus of
 `train.build_multistyle` (train/valid.jsonl, concepts.json).
 """
 from __future__ import annotations
@@ -76,6 +78,9 @@ def parse_args(argv=None):
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--cache", default=None, help="folder for the cached views and text states")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training stickers")
+    ap.add_argument("--train-on-valid", action="store_true",
+                    help="train on the valid split too (its held-out art style left out), for a final run once "
+                         "the recipe and --steps are chosen: nothing validates, the last step is saved")
     ap.add_argument("--style-pairs", action="store_true",
                     help="batches of concept pairs, two stickers of one concept in different art styles")
     ap.add_argument("--i2i-weight", type=float, default=0.0,
@@ -175,6 +180,9 @@ def setup(args) -> Run:
     holdout = corpus.get("holdout", "")
     train = [r for r in read_jsonl(data / "train.jsonl") if r.art != holdout]
     valid = list(read_jsonl(data / "valid.jsonl"))
+    if args.train_on_valid:  # the recipe was chosen on valid; its concepts now train too
+        train += [r for r in valid if r.art != holdout]
+        valid = []
     if args.limit:
         train = train[: args.limit]
     model = load_model(args.init, llm=args.llm)
@@ -196,9 +204,9 @@ def setup(args) -> Run:
     n_blocks = len(model.vision._blocks)
     if start is not None and not 0 <= start <= n_blocks:
         raise SystemExit(f"--tune-from {start}: the image tower has {n_blocks} blocks")
-    log(f"training on {len(train)} stickers ({len(concepts)} concepts), validating on {len(valid)}",
+    log(f"training on {len(train)} stickers ({len({r.concept for r in train})} concepts), validating on {len(valid)}",
         mode=args.mode, tune_from=start, holdout=holdout, text_pool=model.config.text.get("pool", "mean"),
-        new_text_head=args.new_text_head,
+        new_text_head=args.new_text_head, train_on_valid=args.train_on_valid,
         style_pairs=args.style_pairs, i2i_weight=args.i2i_weight, form_weights=args.form_weights,
         t2t_weight=args.t2t_weight)
     return Run(args, out, cache, log, train, valid, concepts, holdout, model, freeze, lock, start)
@@ -378,6 +386,8 @@ def finish(run: Run, loss: float, best: dict, best_state: dict | None) -> dict:
     """Keep the weights that validated best, save the model, log the result."""
     if run.valid:
         run.model.load_state_dict(best_state, strict=False)
+    else:  # nothing validated (--train-on-valid): the last step is kept
+        best = {"step": run.args.steps}
     run.model.eval().save(run.out)
     result = {"steps": run.args.steps, "loss": round(loss, 4), "best": best, "mode": run.args.mode,
               "tune_from": run.start}
