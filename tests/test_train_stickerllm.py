@@ -156,9 +156,12 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
 
     # --skip-row --refit-wt: only W_t changes, fit on states at a first-position <ret>
     d = refit_decision.main(["--model", str(tmp_path / "b")] + args[2:5] + [str(tmp_path / "d")] + args[6:] +
-                            ["--skip-row", "--refit-wt", "30"])
+                            ["--skip-row", "--refit-wt", "30", "--valid-paper", "6"])
     fit = d["refit_w_t"]
     assert fit["examples"] == 30 and fit["query_layer"] == 0 and set(fit["held_out_mr_by_layer"]) == {"0"}
+    paper = fit["paper_t2i"]  # Table 5's T2I on the valid split, beside StickerCLIP's own MR there
+    assert paper["n"] == 6 and set(paper["best_mr_by_layer"]) == {"0"} and 0 <= paper["chosen_mr"] <= 100
+    assert paper["best_ratio"] >= paper["chosen_ratio"] and paper["best_mr_by_layer"]["0"] >= paper["chosen_mr"]
     refit_model = sllm.load(tmp_path / "d", device="cpu")
     assert torch.equal(refit_model.tok_out, model.tok_out) and not torch.equal(refit_model.w_t.weight, model.w_t.weight)
     assert json.loads((tmp_path / "d" / "config.json").read_text())["extra"]["refit_w_t_first_ret"] == fit

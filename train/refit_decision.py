@@ -26,6 +26,9 @@ emits `<ret>`: at the first answer position (`--skip-row` does only this), plus 
 (targets: the mean image feature of the concepts asked for). With `--layers`, the query layer
 (`query_layer`) and the ridge penalty are chosen together by T2I MR on requests for concepts of the
 `--valid-split`, never trained on; StickerCLIP's own text tower is scored on the same queries.
+`--valid-paper N` also scores every fit on N instructions of Table 5's T2I over that split's records
+(the eval's protocol on concepts never trained on) beside StickerCLIP's own MR there: the ratio the
+chosen fit reaches, and the best any fit tried reaches (what a linear W_t from one layer can do).
 Needs output rows of the adapter's own (`--output-rows` in training, or an untied LLM head).
 """
 from __future__ import annotations
@@ -42,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stickerclip.data import build_text
 from stickerclip.llm import cache_dir
 from stickerllm.model import soft_cap
 from stickerllm.tokens import RET
@@ -73,6 +77,9 @@ def parse_args(argv=None):
     ap.add_argument("--layers", default="",
                     help="query layers to choose from with --refit-wt, e.g. 0,3,6,9 (0: the last; '': keep the adapter's)")
     ap.add_argument("--valid-split", default="valid", help="records whose concepts choose the layer and penalty")
+    ap.add_argument("--valid-paper", type=int, default=0,
+                    help="also report, for every fit, T2I MR of this many Table 5 instructions (t2i, <pret>) over "
+                         "--valid-split records, and StickerCLIP's on the same: the ratio on concepts never trained on")
     ap.add_argument("--contrastive-epochs", type=int, default=0,
                     help="then refine W_t by InfoNCE against the distinct targets, up to this many epochs")
     ap.add_argument("--distill", default="0",
@@ -377,18 +384,25 @@ def refit_w_t_first_ret(model, records, args, concepts=None, valid_records=()) -
         vprompts = [(m.text, [], False) for m in vmsgs]
     else:
         vmsgs, vprompts, Yv = [], [], None
+    paper = random.Random(args.seed + 10).sample(list(valid_records), min(args.valid_paper, len(valid_records)))
+    prng = random.Random(args.seed + 11)
+    pprompts = [(make("t2i", r, list(valid_records), prng, "in", pret=True).instruction, [], True) for r in paper]
     layer_list = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else [model.config.query_layer]
     n_layers = model.llm.config.get_text_config().num_hidden_layers
-    states = first_ret_states(model, prompts + vprompts, by_id, args.batch_size, layers=True)  # (L+1, N, H)
-    n = len(prompts)
+    states = first_ret_states(model, prompts + vprompts + pprompts, by_id, args.batch_size, layers=True)  # (L+1, N, H)
+    n, n_paper = len(prompts), len(pprompts)
+    paper_rows = torch.arange(states.shape[1] - n_paper, states.shape[1])
+    Yp = torch.from_numpy(model.clip.encode_images(paper)).float() if paper else None
+    paper_scores = {}
     if vprompts:
         fit_rows, held_rows, Yh = torch.arange(n), torch.arange(n, n + len(vprompts)), Yv
     else:
         held = torch.arange(n) % 5 == 4
         fit_rows, held_rows, Yh = torch.arange(n)[~held], torch.arange(n)[held], Y[held]
 
-    def mr(W, H):
-        return recall_from_ranks(paired_ranks(F.normalize(H @ W, dim=-1).numpy(), Yh.numpy()))["MR"]
+    def mr(W, H, Y_=None):
+        Y_ = Yh if Y_ is None else Y_
+        return recall_from_ranks(paired_ranks(F.normalize(H @ W, dim=-1).numpy(), Y_.numpy()))["MR"]
 
     def target(w):
         return F.normalize(torch.where(has_text, (1 - w) * Y + w * T_, Y), dim=-1)[fit_rows]
@@ -401,7 +415,10 @@ def refit_w_t_first_ret(model, records, args, concepts=None, valid_records=()) -
             scale = float((H[fit_rows] ** 2).sum(1).mean())
             for c in (1e-5, 1e-4, 1e-3, 1e-2, 1e-1):
                 for w in weights:
-                    scores[(layer, c, w)] = mr(ridge_fit(H[fit_rows], target(w), c * scale), H[held_rows])
+                    W = ridge_fit(H[fit_rows], target(w), c * scale)
+                    scores[(layer, c, w)] = mr(W, H[held_rows])
+                    if paper:
+                        paper_scores[(layer, c, w)] = mr(W, H[paper_rows], Yp)
         layer, c, w = max(scores, key=scores.get)
         H = states[layer if layer else n_layers]
         scale = float((H[fit_rows] ** 2).sum(1).mean())
@@ -420,6 +437,17 @@ def refit_w_t_first_ret(model, records, args, concepts=None, valid_records=()) -
     if vmsgs:
         clip_q = model.clip.encode_texts([m.text for m in vmsgs])
         res["stickerclip_text_mr"] = recall_from_ranks(paired_ranks(clip_q, Yh.numpy()))["MR"]
+    if paper:  # Table 5's T2I on held-out concepts: the chosen fit, the best any fit reached, StickerCLIP's own
+        ref = recall_from_ranks(paired_ranks(model.clip.encode_texts([build_text(r) for r in paper]), Yp.numpy()))["MR"]
+        with torch.no_grad():
+            chosen = mr(W, H[paper_rows], Yp)
+        res["paper_t2i"] = {"n": n_paper, "chosen_mr": chosen, "stickerclip_mr": ref,
+                            "chosen_ratio": round(chosen / max(ref, 1e-9), 3),
+                            "best_mr_by_layer": {str(k): max(v for (l2, _, _), v in paper_scores.items() if l2 == k)
+                                                 for k in layer_list},
+                            "best_ratio": round(max(paper_scores.values()) / max(ref, 1e-9), 3)}
+        log(f"Table 5 T2I on {n_paper} held-out instructions: the chosen fit {chosen}, StickerCLIP {ref} "
+            f"(ratio {res['paper_t2i']['chosen_ratio']}); the best of every fit tried: ratio {res['paper_t2i']['best_ratio']}")
     log(f"W_t refit on {n} first-position <ret> states ({len(keep)} natural): held-out MR by layer "
         f"{res['held_out_mr_by_layer']}, by distillation weight {res['held_out_mr_by_distill']} -> layer {layer}, "
         f"penalty {c}, weight {w}: {ridge_mr}; contrastive: {best_mr} (epoch {epoch}) "
