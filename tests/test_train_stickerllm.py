@@ -159,6 +159,8 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
                             ["--skip-row", "--refit-wt", "30", "--valid-paper", "6"])
     fit = d["refit_w_t"]
     assert fit["examples"] == 30 and fit["query_layer"] == 0 and set(fit["held_out_mr_by_layer"]) == {"0"}
+    with pytest.raises(SystemExit, match="needs --refit-wt"):
+        refit_decision.main(args + ["--skip-row", "--valid-paper", "6"])
     paper = fit["paper_t2i"]  # Table 5's T2I on the valid split, beside StickerCLIP's own MR there
     assert paper["n"] == 6 and set(paper["best_mr_by_layer"]) == {"0"} and 0 <= paper["chosen_mr"] <= 100
     assert paper["best_ratio"] >= paper["chosen_ratio"] and paper["best_mr_by_layer"]["0"] >= paper["chosen_mr"]

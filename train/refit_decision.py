@@ -459,6 +459,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from stickerllm.model import load
 
+    if args.valid_paper and not (args.refit_wt and args.valid_split):
+        raise SystemExit("--valid-paper scores W_t fits: it needs --refit-wt and a --valid-split")
     records = read_split(args.data, args.split, log, keep_usable=True)
     if len(records) < 2:
         raise SystemExit(f"{args.data}: need at least 2 usable records of split {args.split!r}")
@@ -474,6 +476,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{args.concepts}: no concepts.json")
     valid = read_split(args.data, args.valid_split, lambda m: None, keep_usable=True) \
         if args.refit_wt and args.valid_split else []
+    if args.valid_paper and not valid:
+        raise SystemExit(f"--valid-paper: {args.data} has no usable records of split {args.valid_split!r}")
     res = {}
     if not args.skip_row:
         res = refit(model, records, args, concepts)
