@@ -231,10 +231,7 @@ class StickerChat:
         if self.index is None:
             return []
         words = message.strip()[: s.max_message_chars] if s.message_mix < 1.0 else ""
-        if words:
-            said = query_vector(self.index.model, words)  # (d,) StickerCLIP's vector of the message, as search's
-            query = s.message_mix * query + (1 - s.message_mix) * said
-            query = query / max(float(np.linalg.norm(query)), 1e-12)
+        query = mix_message(query, self.index.model, words, s)
         if sent is not None and s.sticker_mix < 1.0:
             hits = self.index.search(words or None, query_vectors=(query, sent), k=s.top_k + SAME_PICTURE_SPARE,
                                      safe=s.safe, beta=s.beta, mix=s.sticker_mix, exclude=exclude)
@@ -661,6 +658,18 @@ def _held_back(text: str, stop: str | None) -> int:
         if stop.startswith(text[-k:]):
             return k
     return 0
+
+
+def mix_message(query: np.ndarray, clip, message: str, s: ChatSettings) -> np.ndarray:
+    """(d,) what the chat retrieves with: the `<ret>` query (d,) mixed with `clip`'s (StickerCLIP's)
+    vector of the user's message, read as search reads it, by `message_mix`; normalised. The query as
+    it is for no message (or message_mix 1)."""
+    words = message.strip()[: s.max_message_chars] if s.message_mix < 1.0 else ""
+    if not words:
+        return query
+    said = query_vector(clip, words)  # (d,)
+    mixed = s.message_mix * query + (1 - s.message_mix) * said
+    return mixed / max(float(np.linalg.norm(mixed)), 1e-12)
 
 
 def request_of(message: str, history=()) -> str:

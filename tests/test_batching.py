@@ -12,7 +12,7 @@ from devkit.tinymodels import tiny_llm
 from stickerclip.index import StickerIndex
 from stickerclip.model import StickerCLIP, named_config
 from stickerclip.query_text import query_vector
-from stickerllm.chat import Busy, ChatSettings, Done, Guards, Retrieval, StickerChat, TextChunk, apply_guards
+from stickerllm.chat import Busy, ChatSettings, Done, Guards, Retrieval, StickerChat, TextChunk, apply_guards, mix_message
 from stickerllm.decoding import BatchDecoder, DynamicDecoder, Rows, nucleus, pick, pick_rows
 from stickerllm.model import StickerLLM, StickerLLMConfig
 
@@ -489,6 +489,10 @@ def test_retrieval_reads_the_users_message_beside_the_ret_query(model, tmp_path)
     q = 0.5 * query1 + 0.5 * query_vector(model.clip, message)  # the message and its core (开心), as search
     q = q / np.linalg.norm(q)
     assert half == [(h.id, round(h.score, 4)) for h in index.search(message, query_vectors=(q, None), k=8)]
+    # the one mixing rule, which the evaluation's Table 5 row for the chat's query also reads
+    np.testing.assert_allclose(mix_message(query1, model.clip, message, ChatSettings(message_mix=0.5)), q, atol=1e-6)
+    assert mix_message(query1, model.clip, "  ", ChatSettings(message_mix=0.5)) is query1
+    assert mix_message(query1, model.clip, message, ChatSettings(message_mix=1.0)) is query1
     assert by_message != by_query  # the two differ on this gallery, so the mix is seen
     with pytest.raises(ValueError, match="message_mix"):
         ChatSettings(message_mix=-0.1).checked()

@@ -96,6 +96,7 @@ def test_train_resume_and_eval(setup, tmp_path, monkeypatch, capsys):
     assert sorted(result["tool_selection"]) == ["a", "b", "c", "d", "e"]
     assert all(0 <= v["accuracy"] <= 100 for v in result["tool_selection"].values())
     assert result["retrieval"]["n"] == 8 and set(result["retrieval"]["t2i"]) == {"R@1", "R@5", "R@10", "MR"}
+    assert 0 <= result["retrieval"]["chat_t2i"]["MR"] <= 100 and "chat_t2i_mr_ratio" in result["retrieval"]
     assert 0 <= result["general_unchanged"]["identical"] <= result["tool_selection"]["a"]["accuracy"]
 
 

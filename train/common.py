@@ -85,9 +85,11 @@ def greedy_replies(model, encs, feats, batch_size: int, **kw) -> list[dict]:
     return out
 
 
-def ret_queries(model, records, kind: str, seed: int = 0, batch_size: int = 16) -> tuple[np.ndarray, float]:
+def ret_queries(model, records, kind: str, seed: int = 0, batch_size: int = 16,
+                with_texts: bool = False) -> tuple:
     """(N, d) `<ret>` queries for in-domain `kind` instructions with `<pret>` (greedy replies; a reply
-    without `<ret>` gets one appended), and the share where the model emitted `<ret>` itself."""
+    without `<ret>` gets one appended), and the share where the model emitted `<ret>` itself; with
+    `with_texts`, the instructions' texts too."""
     from train.build_instructions import make
 
     rng = random.Random(seed)
@@ -98,7 +100,8 @@ def ret_queries(model, records, kind: str, seed: int = 0, batch_size: int = 16) 
         items.append((ins.instruction, [r.id] if kind == "i2i" else [], True))
     encs, feats = encode_prompts(model, items, by_id)
     res = greedy_replies(model, encs, feats, batch_size, max_new_tokens=16, force_ret=True)
-    return np.stack([r["query"] for r in res]), sum(r["ret"] for r in res) / max(1, len(res))
+    out = (np.stack([r["query"] for r in res]), sum(r["ret"] for r in res) / max(1, len(res)))
+    return out + ([text for text, _, _ in items],) if with_texts else out
 
 
 def t2i_recall(model, records, seed: int = 0) -> dict:

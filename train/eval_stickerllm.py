@@ -8,7 +8,9 @@
   `<pret>`; (e) out-of-domain with `<pret>`: share of replies with `<ret>`. Greedy decoding.
 - retrieval (Table 5): T2I and I2I R@1/5/10/MR over the split's stickers (the query is the `<ret>`
   state of a greedy reply to an in-domain instruction with `<pret>`), next to StickerCLIP's own T2I
-  on the same stickers and texts, and their MR ratio.
+  on the same stickers and texts, and their MR ratio; and the chat's own query on the same
+  instructions (`chat_t2i`: the `<ret>` query mixed with StickerCLIP's reading of the message,
+  `stickerllm.chat.mix_message`, by `--message-mix` or the app's) with its ratio.
 - general answers unchanged: share of general instructions (no prefix) whose greedy reply is
   identical to the frozen LLM's own (`generate`).
 - natural prompts (train/data/natural_eval.jsonl, written by hand, never trained on: half sticker
@@ -28,10 +30,12 @@ import sys
 import time
 from dataclasses import replace
 
+import numpy as np
+
 from stickerclip.data import build_text
 from stickerclip.llm import precision
 from stickerclip.metrics import paired_recall
-from stickerllm.chat import ChatSettings
+from stickerllm.chat import ChatSettings, mix_message
 from train.build_instructions import draw_kind, general_instructions, make
 from train.common import encode_prompts, greedy_replies, read_split, ret_queries
 
@@ -220,13 +224,18 @@ def main(argv=None) -> dict:
     if "retrieval" not in skip:
         rec = records[:args.n_retrieval]
         img = model.clip.encode_images(rec)
-        q_t, own_t = ret_queries(model, rec, "t2i", args.seed, args.batch_size)
+        q_t, own_t, said = ret_queries(model, rec, "t2i", args.seed, args.batch_size, with_texts=True)
         q_i, own_i = ret_queries(model, rec, "i2i", args.seed, args.batch_size)
         clip_t = model.clip.encode_texts([build_text(r) for r in rec])
         t2i = paired_recall(q_t, img)
         ref = paired_recall(clip_t, img)
+        # what the chat retrieves with: the query mixed with StickerCLIP's reading of the message
+        s = ChatSettings() if args.message_mix is None else ChatSettings(message_mix=args.message_mix)
+        chat_t2i = paired_recall(np.stack([mix_message(q, model.clip, m, s) for q, m in zip(q_t, said)]), img)
         result["retrieval"] = {"t2i": t2i, "i2i": paired_recall(q_i, img),
                                "stickerclip_t2i": ref, "t2i_mr_ratio": round(t2i["MR"] / max(ref["MR"], 1e-9), 3),
+                               "chat_t2i": {**chat_t2i, "message_mix": s.message_mix},
+                               "chat_t2i_mr_ratio": round(chat_t2i["MR"] / max(ref["MR"], 1e-9), 3),
                                "emitted_ret": {"t2i": round(100 * own_t, 2), "i2i": round(100 * own_i, 2)},
                                "n": len(rec)}
     if "natural" not in skip:
