@@ -156,3 +156,24 @@ def test_judged_replies_are_scored_per_setting_and_paired(tmp_path):
     # the judgments behind the default temperature score as their README says
     shipped = judge_replies.main(["score", "--out", str(ROOT / "bench" / "judgments" / "2026-11-30-fresh")])
     assert shipped["judged_fit"] == {"t0.4": 27.5, "t0.7": 22.5}
+
+
+def test_try_search_judges_against_what_the_gallery_allows(tmp_path, monkeypatch, capsys):
+    """Each query's share of the top k that fit sits beside the share the gallery allows: a query with
+    one fitting sticker can reach 1/k, one with none 0, and no share is above its ceiling."""
+    import torch
+
+    from bench import try_search
+    from devkit.appworld import make_gallery
+    from stickerclip.factory import load_model
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(try_search, "QUERIES", {"red": ["red"], "spin": ["动图"], "nothing": ["zzz"]})
+    torch.manual_seed(0)
+    load_model("tiny").save(tmp_path / "tiny")
+    gallery = make_gallery(tmp_path / "gallery")  # 9 stickers, one of them hidden by safe search
+    res = try_search.main(["--model", str(tmp_path / "tiny"), "--gallery", str(gallery), "--k", "3"])
+    rows = next(iter(res.values()))
+    assert {q: r["possible"] for q, r in rows.items()} == {"red": 33.3, "spin": 33.3, "nothing": 0.0}
+    assert all(r["share"] <= r["possible"] for r in rows.values()) and rows["nothing"]["share"] == 0.0
+    assert "the gallery allows 22.2 %" in capsys.readouterr().out
