@@ -230,7 +230,7 @@ class StickerChat:
         likeness to the stickers the user sent (`sent`), mixed by `sticker_mix`."""
         if self.index is None:
             return []
-        words = message.strip()[: s.max_message_chars] if s.message_mix < 1.0 else ""
+        words = message_words(message, s)
         query = mix_message(query, self.index.model, words, s)
         if sent is not None and s.sticker_mix < 1.0:
             hits = self.index.search(words or None, query_vectors=(query, sent), k=s.top_k + SAME_PICTURE_SPARE,
@@ -660,11 +660,16 @@ def _held_back(text: str, stop: str | None) -> int:
     return 0
 
 
+def message_words(message: str, s: ChatSettings) -> str:
+    """The words of the user's message that retrieval reads ("" when `message_mix` is 1)."""
+    return message.strip()[: s.max_message_chars] if s.message_mix < 1.0 else ""
+
+
 def mix_message(query: np.ndarray, clip, message: str, s: ChatSettings) -> np.ndarray:
     """(d,) what the chat retrieves with: the `<ret>` query (d,) mixed with `clip`'s (StickerCLIP's)
     vector of the user's message, read as search reads it, by `message_mix`; normalised. The query as
     it is for no message (or message_mix 1)."""
-    words = message.strip()[: s.max_message_chars] if s.message_mix < 1.0 else ""
+    words = message_words(message, s)
     if not words:
         return query
     said = query_vector(clip, words)  # (d,)
