@@ -313,6 +313,26 @@ def test_query_forms_cover_what_people_type():
     assert qf.vague_keywords({str(i): {"keywords_zh": ["脸"]} for i in range(30)}) == {"脸"}
 
 
+def test_a_keyword_that_names_another_concept_is_left_to_that_concept():
+    """CLDR gives the astronaut the keyword 火箭, the rocket's name: with name precedence 火箭 is drawn
+    only for the rocket, yet still fits the astronaut, so it is never the astronaut's negative."""
+    from stickerclip.data import StickerRecord
+
+    concepts = {"rocket": {"name_zh": "火箭", "name_en": "rocket", "keywords_zh": ["太空"], "keywords_en": ["space"]},
+                "astronaut": {"name_zh": "宇航员", "name_en": "astronaut", "keywords_zh": ["火箭", "太空"],
+                              "keywords_en": ["rocket", "space"]}}
+    recs = [StickerRecord(id=k, image=f"{k}.png", description=f"{k} 的图", concept=k) for k in concepts]
+    forms, fits = qf.training_forms(recs, concepts)
+    drawn = {t for ts in forms[1].values() for t in ts}
+    assert "火箭" in drawn and "rocket" in drawn and "来个火箭的表情" in drawn  # as before: the astronaut's too
+    forms, fits = qf.training_forms(recs, concepts, name_precedence=True)
+    drawn = [{t for ts in f.values() for t in ts} for f in forms]
+    assert not {"火箭", "rocket", "来个火箭的表情"} & drawn[1] and {"太空", "space", "宇航员"} <= drawn[1]
+    assert {"火箭", "rocket", "来个火箭的表情"} <= drawn[0]  # the rocket keeps its own name
+    assert {"火箭", "rocket", "来个火箭的表情"} <= fits[1] and drawn[1] <= fits[1]  # still fits: not a negative
+    assert qf.concept_names(concepts) == {"火箭", "rocket", "宇航员", "astronaut"}
+
+
 def test_sticker_look_keeps_size_and_is_seeded():
     frame = Image.new("RGB", (96, 96), "white")
     frame.paste((250, 200, 0), (20, 20, 76, 76))
@@ -409,9 +429,11 @@ def test_lock_image_trains_only_the_text_side_with_attention_pooling(corpus, tmp
     assert first["mode"] == "lock-image" and first["text_pool"] == "attention"
     # token states are cached (not one pooled state, which a trained pooling cannot use) and reused
     assert (tmp_path / "lit" / "cache" / "text-tokens.npz").is_file()
-    tv.main(args + ["--out", str(tmp_path / "lit2"), "--cache", str(tmp_path / "lit" / "cache"), "--steps", "2"])
+    tv.main(args + ["--out", str(tmp_path / "lit2"), "--cache", str(tmp_path / "lit" / "cache"), "--steps", "2",
+                    "--name-precedence"])
     log2 = (tmp_path / "lit2" / "log.jsonl").read_text()
     assert "views from" in log2 and "computing frozen-LLM token states" not in log2
+    assert json.loads(log2.splitlines()[0])["name_precedence"]
     # the chosen recipe once more on train + valid (the held-out style still out): nothing validates
     res = tv.main(args + ["--out", str(tmp_path / "lit3"), "--cache", str(tmp_path / "lit" / "cache"), "--steps", "2",
                           "--train-on-valid"])

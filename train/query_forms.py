@@ -59,6 +59,13 @@ def vague_keywords(concepts: dict[str, dict], limit: int = MAX_SHARED) -> set[st
     return {w for w, n in counts.items() if n > limit}
 
 
+def concept_names(concepts: dict[str, dict]) -> set[str]:
+    """Every zh and en name of these concepts. Passed with the vague keywords to `record_forms`, it
+    leaves a keyword that names a concept (火箭, the rocket's name and a keyword of 宇航员) to the concept
+    it names: `train_stickerclip_views --name-precedence`."""
+    return {n for c in concepts.values() for n in (c.get("name_zh"), c.get("name_en")) if n}
+
+
 def concept_forms(c: dict, vague: set[str] = frozenset(), eval_requests: bool = False) -> dict[str, list[str]]:
     """form -> texts for one concept of concepts.json (no record-specific forms)."""
     kz = [k for k in c.get("keywords_zh", []) if k not in vague and k != c["name_zh"]]
@@ -80,6 +87,20 @@ def record_forms(rec: StickerRecord, c: dict | None, vague: set[str] = frozenset
     if rec.ocr:
         forms["ocr"] = [rec.ocr]
     return {k: v for k, v in forms.items() if v}
+
+
+def training_forms(records, concepts: dict[str, dict], name_precedence: bool = False) -> tuple[list, list]:
+    """Per training sticker: the forms its training texts are drawn from, and the set of every text it
+    fits (a text's positives in a batch). `concepts` are the trained ones. With `name_precedence`, a
+    keyword that is a concept's name is drawn only for the concept it names, and still fits the others."""
+    vague = vague_keywords(concepts)
+    fits = [record_forms(r, concepts.get(r.concept), vague) for r in records]
+    forms = fits
+    if name_precedence:
+        names = concept_names(concepts)
+        forms = [record_forms(r, concepts.get(r.concept), vague | names) for r in records]
+    viewsets = [frozenset(t for f in (a, b) for ts in f.values() for t in ts) for a, b in zip(fits, forms)]
+    return forms, viewsets
 
 
 def draw(forms: dict[str, list[str]], rng: random.Random, weights: dict[str, float] | None = None) -> str:

@@ -88,6 +88,9 @@ def parse_args(argv=None):
     ap.add_argument("--t2t-weight", type=float, default=0.0,
                     help="weight of the text-text loss between two text views of each sticker")
     ap.add_argument("--form-weights", default="", help='change how often forms are drawn: "emotion=0.3,ocr=0.2"')
+    ap.add_argument("--name-precedence", action="store_true",
+                    help="draw a keyword that is another concept's name (火箭 of 宇航员) as a training text only "
+                         "for the concept it names; it still fits the others, so it is never their negative")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
@@ -208,7 +211,7 @@ def setup(args) -> Run:
         mode=args.mode, tune_from=start, holdout=holdout, text_pool=model.config.text.get("pool", "mean"),
         new_text_head=args.new_text_head, train_on_valid=args.train_on_valid,
         style_pairs=args.style_pairs, i2i_weight=args.i2i_weight, form_weights=args.form_weights,
-        t2t_weight=args.t2t_weight)
+        t2t_weight=args.t2t_weight, name_precedence=args.name_precedence)
     return Run(args, out, cache, log, train, valid, concepts, holdout, model, freeze, lock, start)
 
 
@@ -228,9 +231,8 @@ def cached_inputs(run: Run) -> Inputs:
     """Stage 1: image views and text states, computed once and cached under --cache."""
     args, model, train = run.args, run.model, run.train
     train_concepts = {r.concept for r in train}
-    vague = qf.vague_keywords({k: v for k, v in run.concepts.items() if k in train_concepts})
-    forms = [qf.record_forms(r, run.concepts.get(r.concept), vague) for r in train]
-    viewsets = [frozenset(t for ts in f.values() for t in ts) for f in forms]
+    forms, viewsets = qf.training_forms(train, {k: v for k, v in run.concepts.items() if k in train_concepts},
+                                        args.name_precedence)
     key = hashlib.sha256(json.dumps([trunk_identity(model, run.start), [r.id for r in train], args.views, run.start,
                                      args.seed]).encode()).hexdigest()[:16]
     vpath = run.cache / f"views-{key}.npz"
