@@ -5,7 +5,7 @@ many art styles, the words people type, sticker-looking augmentations.
         [--tune-from 14 | --mode freeze-vision | --mode lock-image] [--text-pool attention]
         [--views 6] [--steps 1500] [--batch-size 256]
         [--lr 1e-3] [--lr-vision 1e-4] [--cache DIR] [--eval-every 250]
-        [--style-pairs --i2i-weight 0.5] [--form-weights emotion=0.3] [--t2t-weight 0.5]
+        [--style-pairs --i2i-weight 0.5] [--form-weights emotion=0.3] [--t2t-weight 0.5] [--name-precedence]
 
 Stage 1 caches, for every training sticker, `--views` pictures (the clean one and sticker-looking
 augmentations, `stickerclip.augment`) through the frozen bottom of the image tower (blocks below
@@ -18,7 +18,9 @@ trains searching by a sticker drawn in another style (bench/RESULTS.md: +3-7 MR 
 down; not in the default). `--t2t-weight` adds a text-text InfoNCE between two text views of each
 sticker of different forms (its caption and its emotion words, its name and a keyword;
 `stickerclip.loss.multi_positive_loss` over texts): what a caption says then lies near the words people
-search with, which the index's OCR-text similarity reads. `--mode freeze-vision` trains only the projections (Table 1's
+search with, which the index's OCR-text similarity reads. `--name-precedence` draws a keyword that is
+another concept's name (火箭, a keyword of 宇航员) only for the concept it names
+(`train.query_forms.training_forms`; the default's final run). `--mode freeze-vision` trains only the projections (Table 1's
 freeze-vision row). `--mode lock-image` trains the text side only (LiT): the image tower and its
 projection stay those of `--init`, so the image embeddings (and a StickerLLM adapter made for them)
 stay valid; they are computed once from the cached views. `--text-pool attention` pools the LLM's
