@@ -48,7 +48,7 @@ def preamble_cache(model: StickerLLM):
         cache = None
         if len(pre) >= 2:
             t = lambda xs: torch.tensor([xs], dtype=torch.long, device=model.device)  # noqa: E731
-            with torch.inference_mode():
+            with torch.no_grad():  # not inference_mode: a training forward may run on after it
                 cache = model.hidden(model.embed(t(pre.ids), t(pre.special), t(pre.slot)), use_cache=True).past_key_values
         held = (key, (len(pre), cache) if cache is not None else (0, None))
         object.__setattr__(model, "_preamble_cache", held)

@@ -185,6 +185,114 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
         refit_decision.main(args[:7] + [str(clash)] + args[8:])
 
 
+def test_refit_pret_row_margins_are_the_decoders(setup, tmp_path, monkeypatch):
+    """--pret-row through the tiny frozen LLM: `first_margins` is the margin greedy decoding sees at the
+    first answer position; the fit raises it after `<pret>`, moves `<pret>`'s input row and nothing
+    else, and prompts without `<pret>` decode exactly as before. (A random 2-layer model barely lets
+    one input token steer its last state: the margins rise without crossing 0 here; the planted test
+    below checks that the loop gets there where the model allows.)"""
+    import numpy
+    import torch
+    import torch.nn.functional as F
+
+    from stickerclip.data import read_jsonl
+    from stickerllm import model as sllm
+    from stickerllm.chat import greedy_batch
+    from stickerllm.tokens import PRET, RET
+    from train import refit_decision
+    from train.common import encode_prompts
+
+    monkeypatch.setenv("STICKER_CHAT_CACHE", str(tmp_path / "cache"))
+    model = sllm.create(str(setup / "llm"), str(setup / "clip"), device="cpu", output_rows=True)
+    with torch.no_grad():  # <ret>'s output row as long as the head's rows (a fresh one is near zero)
+        head = model.llm.get_output_embeddings().weight
+        model.tok_out[RET] = F.normalize(torch.randn(head.shape[1], generator=torch.Generator().manual_seed(1)), dim=0) \
+            * head.norm(dim=1).mean() * 10
+    model.save(tmp_path / "a")
+    extra = tmp_path / "extra.jsonl"
+    lines = [{"id": f"x{i}", "lang": "en", "instruction": f"What is {i} times {i + 3}?"} for i in range(12)]
+    extra.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    res = refit_decision.main(["--model", str(tmp_path / "a"), "--data", str(setup), "--out", str(tmp_path / "b"),
+                               "--extra", str(extra), "--skip-row", "--pret-row", "20", "--pret-epochs", "8",
+                               "--batch-size", "8", "--device", "cpu"])["pret_row"]
+    assert set(res["before"]["fit"]) == {"paper", "others"}  # no concepts.json: no natural requests
+    assert res["before"]["fit"]["others"]["n"] == 16 and res["before"]["held_out"]["others"]["n"] == 4
+    for part in ("fit", "held_out"):
+        for kind in ("paper", "others"):
+            before, after = res["before"][part][kind], res["after"][part][kind]
+            assert after["median_margin"] > before["median_margin"] + 0.1, (part, kind, before, after)
+
+    a, b = sllm.load(tmp_path / "a", device="cpu"), sllm.load(tmp_path / "b", device="cpu")
+    sa, sb = a.adapter_state(), b.adapter_state()
+    assert not torch.equal(sa["tok_in"][PRET], sb["tok_in"][PRET])
+    others = [k for k in range(len(sa["tok_in"])) if k != PRET]
+    assert torch.equal(sa["tok_in"][others], sb["tok_in"][others])
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k != "tok_in")
+    by_id = {r.id: r for r in read_jsonl(setup / "train.jsonl")}
+    msgs = [("What is 40 times 2?", [], True), ("Where is the station?", [], True),
+            ("来个红色的", [next(iter(by_id))], True)]
+    for m in (a, b):  # the margin the fit works on is the one the greedy decoder acts on
+        seen = []
+        encs, feats = encode_prompts(m, msgs, by_id)
+        greedy_batch(m, encs, feats, max_new_tokens=1, stop_ids=m.builder.format.stop_ids,
+                     on_step=lambda rows, h, logits: seen.append(logits))
+        ret = seen[0][:, m.specials.ret]
+        s_dec = ret - seen[0].index_fill(1, torch.tensor([m.specials.ret]), float("-inf")).max(-1).values
+        with torch.no_grad():
+            s, q = refit_decision.first_margins(m, msgs, by_id)
+        assert torch.allclose(s, s_dec, atol=1e-4) and q.shape == (3, m.config.clip_dim)
+        encs, feats = encode_prompts(m, msgs, by_id)  # and its query is the one decoding reads at <ret>
+        forced = greedy_batch(m, encs, feats, max_new_tokens=0, stop_ids=m.builder.format.stop_ids, force_ret=True)
+        assert torch.allclose(q, torch.tensor(numpy.stack([r["query"] for r in forced])), atol=1e-4)
+    replies = []  # without <pret>, greedy replies are the same as before
+    for m in (a, b):
+        encs, feats = encode_prompts(m, [(t, ims, False) for t, ims, _ in msgs], by_id)
+        out = greedy_batch(m, encs, feats, max_new_tokens=4, stop_ids=m.builder.format.stop_ids)
+        replies.append([(r["ret"], r["tokens"], None if r["query"] is None else r["query"].tolist()) for r in out])
+    assert replies[0] == replies[1]
+
+
+def test_refit_pret_row_reaches_a_planted_direction(setup, monkeypatch):
+    """The `--pret-row` loop on margins planted as s = x_p . row - 1 (x_p: a shared direction plus
+    noise per message): before, no message retrieves; after, every one does, held-out ones too, with
+    the margin asked; only `<pret>`'s row moves."""
+    import argparse
+    import zlib
+
+    import torch
+    import torch.nn.functional as F
+
+    from stickerclip.data import read_jsonl
+    from stickerllm import model as sllm
+    from stickerllm.tokens import PRET
+    from train import refit_decision
+
+    model = sllm.create(str(setup / "llm"), str(setup / "clip"), device="cpu", output_rows=True)
+    H = model.tok_in.shape[1]
+    u = torch.randn(H, generator=torch.Generator().manual_seed(0))
+
+    def planted(m, prompts, by_id):
+        xs = torch.stack([u + 0.3 * torch.randn(H, generator=torch.Generator().manual_seed(zlib.crc32(t.encode())))
+                          for t, _, _ in prompts])
+        return 10 * xs @ m.tok_in[PRET].float() - 1, F.normalize(torch.ones(len(prompts), 8), dim=-1)  # (N,), (N, d)
+
+    monkeypatch.setattr(refit_decision, "first_margins", planted)
+    records = list(read_jsonl(setup / "train.jsonl"))
+    args = argparse.Namespace(pret_row=30, pret_margin=2.0, pret_epochs=30, pret_lr=0.5, pret_keep_query=1.0, seed=0,
+                              extra="", natural=0, batch_size=8)
+    rows0 = model.tok_in.detach().clone()
+    res = refit_decision.refit_pret_row(model, records, args)
+    assert set(res["before"]["fit"]) == {"paper", "others"} and res["before"]["fit"]["paper"]["n"] == 24
+    for part in ("fit", "held_out"):
+        for kind in ("paper", "others"):
+            assert res["before"][part][kind]["accuracy"] == 0.0
+            assert res["after"][part][kind]["accuracy"] == 100.0 and res["after"][part][kind]["min_margin"] > 1
+            assert res["after"][part][kind]["query_cos"] == 1.0
+    assert torch.equal(model.tok_in.detach()[[k for k in range(len(rows0)) if k != PRET]],
+                       rows0[[k for k in range(len(rows0)) if k != PRET]])
+    assert not model.tok_in.requires_grad and res["row_norm"]["after"] > res["row_norm"]["before"]
+
+
 def test_transfer_adapter_to_a_new_stickerclip(setup, tmp_path, monkeypatch):
     """Same encoder in, same W_t and W_c out (the least-squares maps are identities); a different
     encoder gives an adapter that loads with it (its identity recorded) and keeps the LLM-side rows."""

@@ -17,6 +17,15 @@ computed once and the row alone is fit to margins s = `<ret>` logit - best other
   banned, up to the end of the line or `--tokens` positions): s < 0 at every position (a soft
   maximum over them).
 
+`<pret>` before a message asks for stickers whatever the message says (Table 4 (d), (e); the app's
+"always retrieve" box). With `--pret-row N`, `<pret>`'s input row is fit first (the paper's trainable
+set; the LLM frozen), by backpropagation through the frozen model: N messages of each kind with
+`<pret>` before them (the paper's instructions over the training stickers, other messages: general
+instructions and natural non-requests, and natural requests) must open their reply with `<ret>` by
+`--pret-margin`, while the `<ret>` query of the requests among them stays where it was
+(`--pret-keep-query`; Table 5 and the chat read it). No prompt without `<pret>` changes, so
+`<ret>`'s row and W_t stay right for them; `--skip-row` keeps the row as it is.
+
 The loss is logistic in (margin - s) and (s + margin), positives and negatives weighted equally.
 Every fifth prompt of each side is held out and reports accuracy before and after. Held-out
 (out-of-domain) templates and the evaluation part of the general instructions are never used.
@@ -65,12 +74,20 @@ def parse_args(argv=None):
     ap.add_argument("--extra", default=str(EXTRA), help="more general instructions for training ('' for none)")
     ap.add_argument("--tokens", type=int, default=48, help="positions of each general reply")
     ap.add_argument("--margin", type=float, default=2.0, help="logit margin wanted on both sides")
+    ap.add_argument("--pret-row", type=int, default=0,
+                    help="first fit <pret>'s input row on this many messages of each kind with <pret> (0: keep it)")
+    ap.add_argument("--pret-margin", type=float, default=4.0, help="margin <ret> must win by after <pret>")
+    ap.add_argument("--pret-epochs", type=int, default=2)
+    ap.add_argument("--pret-lr", type=float, default=0.5,
+                    help="Adam's step, relative to the vocabulary rows' size per coordinate")
+    ap.add_argument("--pret-keep-query", type=float, default=10.0,
+                    help="weight of 1 - cos(<ret> query, the query before) for requests with <pret> (Table 5 reads them)")
     ap.add_argument("--temperature", type=float, default=1.0, help="of the logistic loss and soft maximum")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--refit-wt", type=int, default=0,
                     help="then refit W_t (ridge, no bias) on this many first-position <ret> states (0: keep it)")
-    ap.add_argument("--skip-row", action="store_true", help="keep <ret>'s output row as it is (with --refit-wt)")
+    ap.add_argument("--skip-row", action="store_true", help="keep <ret>'s output row as it is (with --refit-wt or --pret-row)")
     ap.add_argument("--concepts", default=None,
                     help="concepts.json for natural requests (default: DATA/concepts.json where it exists; '' for none)")
     ap.add_argument("--natural", type=int, default=1200, help="natural requests, and as many non-requests")
@@ -277,6 +294,119 @@ def refit(model, records, args, concepts=None) -> dict:
     return res
 
 
+def pret_prompts(records, concepts, args) -> dict[str, list[tuple[str, list, bool]]]:
+    """`--pret-row` messages of each kind, `<pret>` before every one: the paper's mix over `records`,
+    other messages (general instructions of the training part and natural non-requests) and natural
+    requests (with `concepts`); none of them a held-out prompt."""
+    rng = random.Random(args.seed + 3)
+    paper = [make(draw_kind(rng), rng.choice(records), records, rng, "in", pret=True) for _ in range(args.pret_row)]
+    nat_pos, nat_neg = natural_messages(concepts, args, random.Random(args.seed + 4))
+    others = [r["instruction"] for r in general_rows(args.extra)] + [m.text for m in nat_neg]
+    rng.shuffle(others)
+    rng.shuffle(nat_pos)
+    out = {"paper": [(p.instruction, p.images, True) for p in paper],
+           "others": [(text, [], True) for text in others[:args.pret_row]],
+           "natural": [(m.text, [], True) for m in nat_pos[:args.pret_row]]}
+    return {k: v for k, v in out.items() if v}
+
+
+def first_margins(model, prompts, by_id: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N,) s = `<ret>` logit - the best other logit at the first answer position of each prompt,
+    (N, d) the `<ret>` query read there) in one batch, right-padded after the shared preamble;
+    differentiable in the adapter's input rows."""
+    from stickerllm.decoding import with_prefix
+
+    encs, feats = encode_prompts(model, prompts, by_id)
+    for e in encs:
+        e.extend([model.specials.ret], special=RET)  # causal: the margin before it does not see it
+    P, cache, rest = with_prefix(model, encs)  # the preamble's KV cache, computed once without grad
+    b = model.batch([(e, len(e) - 1) for e in rest], feats)
+    B, T = b["ids"].shape
+    b["attention_mask"] = torch.cat([torch.ones(B, P, dtype=torch.long), b["attention_mask"]], 1)
+    kw = {"past_key_values": cache, "position_ids": torch.arange(P, P + T).expand(B, T)} if P else {}
+    h, hq = model.hidden_states(b, query=True, **kw)  # (B, T, H) final and query-layer states
+    rows = torch.arange(B, device=h.device)
+    logits = model.logits(h[rows, b["ret_pos"].to(h.device) - 1]).float()  # (B, V) at the first answer position
+    col = model.specials.ids[RET]
+    s = logits[:, col] - logits.index_fill(1, torch.tensor([col], device=logits.device), float("-inf")).max(-1).values
+    return s, model.query(hq[rows, b["ret_pos"].to(h.device)])
+
+
+def refit_pret_row(model, records, args, concepts=None) -> dict:
+    """Fit `<pret>`'s input row in place (Adam on that row alone, the LLM frozen) so that `<ret>` opens
+    the reply after `<pret>` whatever the message, while the query read at that `<ret>` stays where it
+    was for retrieval requests (`--pret-keep-query`: weight of 1 - cos(query, the query before)).
+    Returns per kind, before and after, on the fit part and a held-out fifth: accuracy (s > 0), margins
+    and the queries' mean cosine to the ones before."""
+    from stickerllm.tokens import PRET
+
+    t0 = time.time()
+    by_id = {r.id: r for r in records}
+    kinds = pret_prompts(records, concepts, args)
+    fit = [(k, p) for k, ps in kinds.items() for i, p in enumerate(ps) if i % 5 != 4]
+    held = [(k, p) for k, ps in kinds.items() for i, p in enumerate(ps) if i % 5 == 4]
+    bs = args.batch_size
+
+    @torch.no_grad()
+    def run(part):
+        out = [first_margins(model, [p for _, p in part[i:i + bs]], by_id) for i in range(0, len(part), bs)]
+        return torch.cat([s for s, _ in out]), torch.cat([q for _, q in out])
+
+    q0 = {"fit": run(fit)[1], "held_out": run(held)[1]}  # (N, d) the queries before
+
+    def report(name, part) -> dict:
+        s, q = run(part)
+        cos = (q * q0[name]).sum(-1)
+        out = {}
+        for k in kinds:
+            at = torch.tensor([kind == k for kind, _ in part])
+            sk = s[at]
+            out[k] = {"accuracy": round(100 * (sk > 0).float().mean().item(), 2), "n": len(sk),
+                      "min_margin": round(sk.min().item(), 2), "median_margin": round(sk.median().item(), 2),
+                      "query_cos": round(cos[at].mean().item(), 4)}
+        return out
+
+    before = {"fit": report("fit", fit), "held_out": report("held_out", held)}
+    log(f"<pret> row: {len(fit)} messages to fit, {len(held)} held out; before {before}")
+    tok_in = model.tok_in
+    row0 = tok_in.detach()[PRET].clone().float()
+    keep = torch.ones(tok_in.shape[0], 1, dtype=torch.bool, device=tok_in.device)
+    keep[PRET] = False
+    asks = torch.tensor([k != "others" for k, _ in fit])  # requests: their query should not move
+    tok_in.requires_grad_(True)
+    step = args.pret_lr * float(model.llm.get_input_embeddings().weight.detach().float().std())
+    opt = torch.optim.Adam([tok_in], lr=step)  # relative to the vocabulary rows' size per coordinate
+    rng = random.Random(args.seed + 5)
+    losses = []
+    for epoch in range(args.pret_epochs):
+        order = list(range(len(fit)))
+        rng.shuffle(order)
+        for i in range(0, len(order), bs):
+            idx = torch.tensor(order[i:i + bs])
+            s, q = first_margins(model, [fit[j][1] for j in idx], by_id)
+            loss = F.softplus(args.pret_margin - s).mean()
+            if args.pret_keep_query and asks[idx].any():
+                moved = 1 - (q * q0["fit"][idx]).sum(-1)  # (b,)
+                loss = loss + args.pret_keep_query * moved[asks[idx]].mean()
+            opt.zero_grad()
+            loss.backward()
+            tok_in.grad.masked_fill_(keep, 0.0)  # only <pret>'s row moves (Adam leaves zero-grad rows alone)
+            opt.step()
+            losses.append(loss.item())
+        per_epoch = (len(order) + bs - 1) // bs
+        log(f"  epoch {epoch + 1}: loss {sum(losses[-per_epoch:]) / per_epoch:.3f}, {time.time() - t0:.0f}s")
+    tok_in.requires_grad_(False)
+    model.tok_in.grad = None
+    after = {"fit": report("fit", fit), "held_out": report("held_out", held)}
+    norm = {"before": round(row0.norm().item(), 3), "after": round(tok_in.detach()[PRET].float().norm().item(), 3),
+            "other_rows": [round(x, 3) for x in tok_in.detach()[keep[:, 0]].float().norm(dim=1).tolist()]}
+    res = {"per_kind": args.pret_row, "margin": args.pret_margin, "epochs": args.pret_epochs, "lr": args.pret_lr,
+           "adam_step": round(step, 5), "keep_query": args.pret_keep_query, "before": before, "after": after,
+           "row_norm": norm, "seconds": round(time.time() - t0)}
+    log(f"<pret> row: after {after}; norm {norm}")
+    return res
+
+
 @torch.no_grad()
 def first_ret_states(model, prompts, by_id: dict, batch_size: int, layers: bool = False):
     """States at `<ret>` placed at the first answer position of each prompt (where the refit row now
@@ -479,9 +609,11 @@ def main(argv=None) -> dict:
     if args.valid_paper and not valid:
         raise SystemExit(f"--valid-paper: {args.data} has no usable records of split {args.valid_split!r}")
     res = {}
+    if args.pret_row:
+        res["pret_row"] = model.config.extra["refit_pret_row"] = refit_pret_row(model, records, args, concepts)
     if not args.skip_row:
-        res = refit(model, records, args, concepts)
-        model.config.extra["refit_decision"] = res
+        res.update(refit(model, records, args, concepts))
+        model.config.extra["refit_decision"] = {k: v for k, v in res.items() if k != "pret_row"}
     if args.refit_wt:
         res["refit_w_t"] = model.config.extra["refit_w_t_first_ret"] = refit_w_t_first_ret(model, records, args,
                                                                                         concepts, valid)
