@@ -215,6 +215,9 @@ def test_refit_pret_row_margins_are_the_decoders(setup, tmp_path, monkeypatch):
     res = refit_decision.main(["--model", str(tmp_path / "a"), "--data", str(setup), "--out", str(tmp_path / "b"),
                                "--extra", str(extra), "--skip-row", "--pret-row", "20", "--pret-epochs", "8",
                                "--batch-size", "8", "--device", "cpu"])["pret_row"]
+    with pytest.raises(SystemExit, match="--pret-row 3: at least 5"):
+        refit_decision.main(["--model", str(tmp_path / "a"), "--data", str(setup), "--out", str(tmp_path / "x"),
+                             "--pret-row", "3"])
     assert set(res["before"]["fit"]) == {"paper", "others"}  # no concepts.json: no natural requests
     assert res["before"]["fit"]["others"]["n"] == 16 and res["before"]["held_out"]["others"]["n"] == 4
     for part in ("fit", "held_out"):

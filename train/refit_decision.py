@@ -589,6 +589,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from stickerllm.model import load
 
+    if 0 < args.pret_row < 5 or args.pret_row < 0:
+        raise SystemExit(f"--pret-row {args.pret_row}: at least 5 messages of each kind (a fifth is held out), or 0")
     if args.valid_paper and not (args.refit_wt and args.valid_split):
         raise SystemExit("--valid-paper scores W_t fits: it needs --refit-wt and a --valid-split")
     records = read_split(args.data, args.split, log, keep_usable=True)
