@@ -24,7 +24,8 @@ set; the LLM frozen), by backpropagation through the frozen model: N messages of
 instructions and natural non-requests, and natural requests) must open their reply with `<ret>` by
 `--pret-margin`, while the `<ret>` query of the requests among them stays where it was
 (`--pret-keep-query`; Table 5 and the chat read it). No prompt without `<pret>` changes, so
-`<ret>`'s row and W_t stay right for them; `--skip-row` keeps the row as it is.
+`<ret>`'s row stays right (`--skip-row` keeps it as it is). The queries after `<pret>` still move a
+little: the shipped adapter refit W_t after this (`--skip-row --refit-wt`, its card's step 7).
 
 The loss is logistic in (margin - s) and (s + margin), positives and negatives weighted equally.
 Every fifth prompt of each side is held out and reports accuracy before and after. Held-out
