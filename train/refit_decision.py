@@ -311,26 +311,32 @@ def pret_prompts(records, concepts, args) -> dict[str, list[tuple[str, list, boo
     return {k: v for k, v in out.items() if v}
 
 
-def first_margins(model, prompts, by_id: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """((N,) s = `<ret>` logit - the best other logit at the first answer position of each prompt,
-    (N, d) the `<ret>` query read there) in one batch, right-padded after the shared preamble;
-    differentiable in the adapter's input rows."""
+def ret_batch(model, prompts, by_id: dict) -> tuple[dict, dict]:
+    """(batch, decoder kwargs) of `prompts` with `<ret>` placed at the first answer position (its
+    index: batch["ret_pos"]), right-padded after the shared preamble, whose KV cache is run once."""
     from stickerllm.decoding import with_prefix
 
     encs, feats = encode_prompts(model, prompts, by_id)
     for e in encs:
-        e.extend([model.specials.ret], special=RET)  # causal: the margin before it does not see it
-    P, cache, rest = with_prefix(model, encs)  # the preamble's KV cache, computed once without grad
+        e.extend([model.specials.ret], special=RET)
+    P, cache, rest = with_prefix(model, encs)
     b = model.batch([(e, len(e) - 1) for e in rest], feats)
     B, T = b["ids"].shape
     b["attention_mask"] = torch.cat([torch.ones(B, P, dtype=torch.long), b["attention_mask"]], 1)
-    kw = {"past_key_values": cache, "position_ids": torch.arange(P, P + T).expand(B, T)} if P else {}
+    return b, ({"past_key_values": cache, "position_ids": torch.arange(P, P + T).expand(B, T)} if P else {})
+
+
+def first_margins(model, prompts, by_id: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N,) s = `<ret>` logit - the best other logit at the first answer position of each prompt,
+    (N, d) the `<ret>` query read there) in one batch; differentiable in the adapter's input rows
+    (causal: the margin before `<ret>` does not see it)."""
+    b, kw = ret_batch(model, prompts, by_id)
     h, hq = model.hidden_states(b, query=True, **kw)  # (B, T, H) final and query-layer states
-    rows = torch.arange(B, device=h.device)
-    logits = model.logits(h[rows, b["ret_pos"].to(h.device) - 1]).float()  # (B, V) at the first answer position
+    rows, at = torch.arange(len(h), device=h.device), b["ret_pos"].to(h.device)
+    logits = model.logits(h[rows, at - 1]).float()  # (B, V) at the first answer position
     col = model.specials.ids[RET]
     s = logits[:, col] - logits.index_fill(1, torch.tensor([col], device=logits.device), float("-inf")).max(-1).values
-    return s, model.query(hq[rows, b["ret_pos"].to(h.device)])
+    return s, model.query(hq[rows, at])
 
 
 def refit_pret_row(model, records, args, concepts=None) -> dict:
@@ -413,19 +419,10 @@ def first_ret_states(model, prompts, by_id: dict, batch_size: int, layers: bool 
     """States at `<ret>` placed at the first answer position of each prompt (where the refit row now
     emits it, so where every query comes from): (N, H) of the query layer, or with `layers` (L+1, N, H)
     of every layer."""
-    from stickerllm.decoding import with_prefix
-
     out = []
     for start in range(0, len(prompts), batch_size):
-        encs, feats = encode_prompts(model, prompts[start:start + batch_size], by_id)
-        for e in encs:
-            e.extend([model.specials.ret], special=RET)
-        P, cache, rest = with_prefix(model, encs)  # the shared preamble is run once
-        b = model.batch([(e, len(e) - 1) for e in rest], feats)
-        b["attention_mask"] = torch.cat([torch.ones(len(rest), P, dtype=torch.long), b["attention_mask"]], 1)
-        T = b["ids"].shape[1]
-        kw = {"past_key_values": cache, "position_ids": torch.arange(P, P + T).expand(len(rest), T)} if P else {}
-        at = (torch.arange(len(encs)), b["ret_pos"])
+        b, kw = ret_batch(model, prompts[start:start + batch_size], by_id)
+        at = (torch.arange(len(b["ids"])), b["ret_pos"])
         if layers:
             hs = model.hidden_states(b, layers=True, **kw)
             out.append(torch.stack([h[at].float().cpu() for h in hs]))
