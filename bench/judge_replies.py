@@ -26,10 +26,9 @@ SHORT = ["哭", "好累", "cat", "狗", "哈哈哈哈", "无语", "happy", "my b
 def make(args) -> list[dict]:
     from stickerllm.chat import ChatSettings
     from stickerllm.service import ChatSession, ServiceOptions, StickerService
-    from train.natural import NATURAL_EVAL, NATURAL_FRESH, NATURAL_VALID, natural_eval
+    from train.natural import NATURAL_SETS, natural_eval
 
-    sets = {"eval": NATURAL_EVAL, "valid": NATURAL_VALID, "fresh": NATURAL_FRESH}
-    prompts = [r["text"] for r in natural_eval(sets.get(args.set, args.set))] + (SHORT if args.short else [])
+    prompts = [r["text"] for r in natural_eval(NATURAL_SETS.get(args.set, args.set))] + (SHORT if args.short else [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     svc = StickerService(ServiceOptions(ocr=False, library=str(out / "library")), log=lambda m: None)

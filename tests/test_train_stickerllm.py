@@ -376,7 +376,8 @@ def test_natural_messages_ask_for_stickers_or_do_not():
                         "keywords_en": ["cat", "pet"], "emotions": ["smiling"]},
                 "sleepy": {"name_zh": "困", "name_en": "sleepy face", "keywords_zh": ["睡", "累"],
                            "keywords_en": ["sleep", "tired"], "emotions": []}}
-    held_out = {r["text"] for r in natural.natural_eval()}
+    held_out = natural.hand_written()
+    assert {r["text"] for r in natural.natural_eval(natural.NATURAL_DECIDE)} <= held_out
     asks = natural.requests(concepts, 200, _random.Random(0))
     assert all(m.sticker and m.concepts for m in asks)
     assert {"cat", "sleepy"} <= {k for m in asks for k in m.concepts}
@@ -390,3 +391,14 @@ def test_natural_messages_ask_for_stickers_or_do_not():
     again = natural.non_requests(concepts, 400, _random.Random(0))
     assert [m.text for m in again] == [m.text for m in others]
     assert all(not m.concepts for m in natural.non_requests(concepts, 50, _random.Random(1), everyday_share=1.0))
+
+
+def test_hand_written_sets_are_balanced_and_apart():
+    from train import natural
+
+    decide = natural.natural_eval(natural.NATURAL_DECIDE)
+    assert len(decide) == 64 and sum(r["sticker"] for r in decide) == 32
+    assert {r["lang"] for r in decide if r["sticker"]} == {r["lang"] for r in decide if not r["sticker"]} == {"zh", "en"}
+    assert all(r["want"] for r in decide if r["sticker"])
+    texts = [r["text"] for path in natural.NATURAL_SETS.values() for r in natural.natural_eval(path)]
+    assert len(texts) == len(set(texts)) == len(natural.hand_written())  # no prompt in two sets

@@ -66,7 +66,7 @@ def parse_args(argv=None):
                                                     "(default: the app's)")
     ap.add_argument("--prompt", default=None, help="override the adapter's prompt style (stickerllm.prompt.STYLES)")
     ap.add_argument("--natural-set", default="eval", help="eval (the held-out natural prompts), valid (40 "
-                    "sticker requests for choosing settings), fresh (40 more, read once) or a jsonl of the same fields")
+                    "sticker requests for choosing settings), fresh (40 more, read once), decide (64, half not requests) or a jsonl")
     ap.add_argument("--message-mix", type=float, default=None,
                     help="the <ret> query's share of natural replies' retrieval, the rest the user's message "
                          "(ChatSettings.message_mix; 1: the <ret> query only; default: the app's)")
@@ -240,13 +240,12 @@ def main(argv=None) -> dict:
                                "n": len(rec)}
     if "natural" not in skip:
         from stickerclip.gallery import GALLERY, default_index
-        from train.natural import NATURAL_EVAL, NATURAL_FRESH, NATURAL_VALID, natural_eval
+        from train.natural import NATURAL_SETS, natural_eval
 
         index = default_index(model.clip, args.gallery or GALLERY, log=lambda m: print(m, file=sys.stderr))
         base = ChatSettings(repetition_penalty=1.0, no_repeat_ngram=0, same_script=False) if args.no_guards \
             else ChatSettings()
-        sets = {"eval": NATURAL_EVAL, "valid": NATURAL_VALID, "fresh": NATURAL_FRESH}
-        rows = _spread(natural_eval(sets.get(args.natural_set, args.natural_set)), args.n_natural)
+        rows = _spread(natural_eval(NATURAL_SETS.get(args.natural_set, args.natural_set)), args.n_natural)
         base = replace(base, max_new_tokens=args.natural_tokens)
         if args.message_mix is not None:
             base = replace(base, message_mix=args.message_mix)

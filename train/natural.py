@@ -10,7 +10,8 @@ English, typos and emoji. This module writes such messages for training, from a 
   so that naming a subject does not by itself mean "send a sticker", and everyday ones (`怎么办信用卡？`,
   `how do I renew my passport?`) about nothing a sticker shows.
 
-The held-out evaluation set (train/data/natural_eval.jsonl) is written by hand; nothing here reads it.
+The evaluation sets (train/data/natural_*.jsonl) are written by hand; training drops any message that is
+one of them (`hand_written`).
 """
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ NATURAL_EVAL = Path(__file__).resolve().parent / "data" / "natural_eval.jsonl"
 NATURAL_VALID = Path(__file__).resolve().parent / "data" / "natural_valid.jsonl"
 # 40 more, written after stickerclip.query_text's word lists and read once, to measure them
 NATURAL_FRESH = Path(__file__).resolve().parent / "data" / "natural_fresh.jsonl"
+# 64 more, half of them not requests (many state a trouble, then ask; some compare two subjects), written in the
+# fifteenth session to measure whether to retrieve; no training message was written after reading them
+NATURAL_DECIDE = Path(__file__).resolve().parent / "data" / "natural_decide.jsonl"
+NATURAL_SETS = {"eval": NATURAL_EVAL, "valid": NATURAL_VALID, "fresh": NATURAL_FRESH, "decide": NATURAL_DECIDE}
 
 REQUEST_ZH = ["{}", "{}！", "来点{}的", "整个{}表情", "有{}的图吗", "发一张{}", "我需要一个{}的表情包", "{}的图来一张",
               "给我来个{}", "求{}表情", "有没有那种{}的", "找个{}", "想要{}的贴纸", "斗图！{}", "搞个{}的图", "我要{}",
@@ -184,6 +189,11 @@ def non_requests(concepts: dict[str, dict], n: int, rng: random.Random, everyday
         else:
             out.append(Message(rng.choice(NON_REQUEST_EN).format(rng.choice(en[:2])), "en", False))
     return out
+
+
+def hand_written() -> set[str]:
+    """The texts of every hand-written evaluation set (`NATURAL_SETS`): never a training message."""
+    return {r["text"] for path in NATURAL_SETS.values() for r in natural_eval(path)}
 
 
 def natural_eval(path: str | Path = NATURAL_EVAL) -> list[dict]:

@@ -243,12 +243,12 @@ def general_rows(extra: str) -> list[dict]:
 
 
 def natural_messages(concepts, args, rng):
-    """(requests, non-requests) of train.natural over `concepts`, none of them a held-out prompt."""
-    from train.natural import natural_eval, non_requests, requests
+    """(requests, non-requests) of train.natural over `concepts`, none of them a hand-written evaluation prompt."""
+    from train.natural import hand_written, non_requests, requests
 
     if not concepts:
         return [], []
-    held_out = {r["text"] for r in natural_eval()}
+    held_out = hand_written()
     pos = [m for m in requests(concepts, args.natural, rng) if m.text not in held_out]
     neg = [m for m in non_requests(concepts, args.natural, rng) if m.text not in held_out]
     return pos, neg
