@@ -68,6 +68,10 @@ class ChatSettings:
     # the most likely token and never drawn otherwise, so the decision does not rest on one sampled token
     # (at 0.7 with sampling, 92.2 % of held-out requests retrieved against 96.9 % greedy); words are sampled
     greedy_ret: bool = True
+    # <ret> only at the reply's first position (stickers first, then words, as the few-shot preamble has it), so
+    # the model's own words cannot pull a gallery in mid-reply (`weather is a term for an area of high or low
+    # <ret>`); None: as the adapter was fit (StickerLLMConfig.ret_first)
+    ret_first: bool | None = None
     top_p: float = 0.9
     max_new_tokens: int = 64  # a reply is a line or two (the API, the UI and the docs all start here)
     min_new_tokens: int = 0  # the turn does not end before this many tokens (benchmarks)
@@ -92,6 +96,7 @@ class ChatSettings:
             return kind(v)
 
         ok = replace(self, pret=bool(self.pret), safe=bool(self.safe), greedy_ret=bool(self.greedy_ret),
+                     ret_first=None if self.ret_first is None else bool(self.ret_first),
                      top_k=num("top_k", 1, 200, int),
                      beta=num("beta", 0.0, 10.0), sticker_mix=num("sticker_mix", 0.0, 1.0),
                      message_mix=num("message_mix", 0.0, 1.0),
@@ -493,7 +498,7 @@ class Reply:
 class Guards:
     """Decoding guards of one reply (StickerChat's policy): a repetition penalty on the user's
     message and the reply so far, no repeated n-gram within the reply, letters only of the scripts
-    the user wrote in, one sticker gallery per reply, no line break before the reply has said
+    the user wrote in, one sticker gallery per reply (with `ret_first`, only at its first position), no line break before the reply has said
     anything (one line per reply), and no words that begin with a comma or a full stop after the
     reply's gallery (`<ret></ret>，谢谢` read as a reply starting with "，"). `apply_guards` applies
     those of many replies at once."""
@@ -502,6 +507,7 @@ class Guards:
         self.s = s
         self.ret = model.specials.ret
         self.retrieved = False  # one sticker gallery per reply
+        self.ret_first = bool(model.config.ret_first if s.ret_first is None else s.ret_first)
         self.ids: list[int] = []  # the reply's tokens, specials included
         self.seen = set(model.builder.text(user)) if s.repetition_penalty > 1 else set()
         self._seen_ids = None  # `seen` as a sorted LongTensor, made again when it grows
@@ -532,8 +538,8 @@ class Guards:
             tail = tuple(self.ids[len(self.ids) - k + 1:]) if k > 1 else ()
             out.append([self.ids[i + k - 1] for i in range(len(self.ids) - k + 1)
                         if tuple(self.ids[i:i + k - 1]) == tail and self.ids[i + k - 1] < width])
-        if self.retrieved and self.ret < width:
-            out.append([self.ret])
+        if (self.retrieved or (self.ret_first and self.ids)) and self.ret < width:
+            out.append([self.ret])  # one gallery per reply; with ret_first, none after the first position
         if not said.strip():
             if self.breaks is not None:
                 out.append(self.breaks[self.breaks < width])

@@ -50,6 +50,9 @@ class StickerLLMConfig:
     output_rows: bool = False  # own output rows for the new tokens even when the LLM's head is tied
     query_layer: int = 0  # the <ret> query is read after this decoder layer (0: the last, normed)
     prompt: str = "auto"  # chat format (prompt.STYLES): "auto" = the tokenizer's template, else few-shot
+    # <ret> only at a reply's first position, where its decision was fit (train.refit_decision); False: at any
+    # position, as the paper (whose training answers put it after a lead-in, `检索结果如下：<ret></ret>`)
+    ret_first: bool = False
     tokens: tuple = SPECIAL_TOKENS
     extra: dict = field(default_factory=dict)  # training provenance
 

@@ -576,6 +576,40 @@ def test_guards_stop_repetition_and_keep_the_users_script(clip):
     assert g(logits, "")[comma] == float("-inf") and g(logits, "好")[comma] == 0  # no reply starts with "，"
 
 
+def test_ret_first_takes_ret_only_as_the_replys_first_token(clip):
+    """With `ret_first` (the adapter's StickerLLMConfig.ret_first, or the chat setting), a reply whose
+    own words would pull `<ret>` in later shows no gallery; without it, the gallery comes mid-reply."""
+    m = make("gemma", clip)
+    chat = StickerChat(m)
+    logits, make_reply = m.logits, chat._reply
+
+    def ret_on_top(hidden):  # <ret> the most likely token wherever it is allowed
+        out = logits(hidden).clone()
+        out[..., m.specials.ret] += 1e4
+        return out
+
+    def not_at_first(*args, **kwargs):  # ... but not as the first two tokens: it could come third
+        reply = make_reply(*args, **kwargs)
+        bans = reply.guard.bans
+        reply.guard.bans = lambda said, width: bans(said, width) + ([[m.specials.ret]] if reply.n < 2 else [])
+        return reply
+
+    m.logits, chat._reply = ret_on_top, not_at_first
+
+    def reply(**kw):
+        s = ChatSettings(temperature=0.0, max_new_tokens=6, **NO_GUARDS, **kw)
+        return [e for e in chat.chat_stream("讲个故事", settings=s)][-1].reply
+
+    assert m.config.ret_first is False  # the paper's: anywhere
+    late = reply()
+    assert "<ret></ret>" in late and not late.startswith("<ret>")  # mid-reply, after two tokens
+    assert "<ret>" not in reply(ret_first=True)
+    m.config.ret_first = True  # an adapter whose decision was fit at the first position
+    assert "<ret>" not in reply() and reply(ret_first=False) == late
+    chat._reply = make_reply  # <ret> allowed first: taken there
+    assert reply().startswith("<ret></ret>")
+
+
 def test_few_shot_preamble_is_a_shared_prefix_with_retrievals_in_its_exemplars(clip):
     from stickerllm.prompt import PREAMBLE
 

@@ -127,6 +127,8 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
     assert after["positives"] >= 80 and after["negatives"] >= 80  # from 0 and 100
     cfg = json.loads((tmp_path / "b" / "config.json").read_text())
     assert cfg["extra"]["refit_decision"]["after"] == res["after"]
+    # the row is fit at the first answer position: the chat then takes <ret> only there (the paper's: anywhere)
+    assert cfg["ret_first"] is True and json.loads((tmp_path / "a" / "config.json").read_text())["ret_first"] is False
     capsys.readouterr()
     again = refit_decision.main(args[:5] + [str(tmp_path / "c")] + args[6:])  # states come from the cache
     assert again["after"] == res["after"] and capsys.readouterr().err.count("states from") == 2
@@ -146,7 +148,8 @@ def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, cap
                 for t, ims, p in prompts]
         feats = [model.encode_images([by_id[i] for i in ims]) if ims else None for _, ims, _ in prompts]
         real = [r["ret"] for r in greedy_batch(model, encs, feats, tokens, model.builder.format.stop_ids,
-                                               stop_text=model.builder.format.stop_text, guard=ChatSettings(),
+                                               stop_text=model.builder.format.stop_text,
+                                               guard=ChatSettings(ret_first=False),  # margins at every position
                                                users=[t for t, _, _ in prompts])]  # as the chat decodes
         assert predicted == real
     # general replies with <ret> banned (and no guards) are the frozen LLM's own

@@ -73,6 +73,9 @@ def parse_args(argv=None):
     ap.add_argument("--beta", type=float, default=None,
                     help="weight of stickers' OCR text in natural replies' retrieval (ChatSettings.beta; default: the app's)")
     ap.add_argument("--no-guards", action="store_true", help="natural replies without the decoding guards")
+    ap.add_argument("--ret-anywhere", action="store_true",
+                    help="natural replies may take <ret> at any position (ChatSettings.ret_first off; the paper's), "
+                         "not only as the first token where the adapter says so (StickerLLMConfig.ret_first)")
     ap.add_argument("--sampled-ret", action="store_true",
                     help="at a sampling temperature, <ret> drawn like any token (ChatSettings.greedy_ret off; "
                          "default: the app's, decided greedily)")
@@ -253,12 +256,15 @@ def main(argv=None) -> dict:
             base = replace(base, beta=args.beta)
         if args.sampled_ret:
             base = replace(base, greedy_ret=False)
+        if args.ret_anywhere:
+            base = replace(base, ret_first=False)
         result["natural"] = {f"t{t:g}": natural(model, index, rows, replace(base, temperature=t))
                              for t in (float(x) for x in args.natural_temps.split(",") if x.strip())}
         result["natural"]["guards"] = not args.no_guards
         result["natural"]["message_mix"] = base.message_mix
         result["natural"]["beta"] = base.beta
         result["natural"]["greedy_ret"] = base.greedy_ret
+        result["natural"]["ret_first"] = bool(model.config.ret_first if base.ret_first is None else base.ret_first)
     if "tool_selection" in result:
         result["tool_selection"] = dict(sorted(result["tool_selection"].items()))
     result["seconds"] = round(time.time() - t0, 1)

@@ -27,6 +27,9 @@ instructions and natural non-requests, and natural requests) must open their rep
 `<ret>`'s row stays right (`--skip-row` keeps it as it is). The queries after `<pret>` still move a
 little: the shipped adapter refit W_t after this (`--skip-row --refit-wt`, its card's step 7).
 
+The row is fit to decide at the first answer position, so the adapter it writes has `ret_first` set: the
+chat then takes `<ret>` only as a reply's first token (the model's own words cannot pull a gallery in later).
+
 The loss is logistic in (margin - s) and (s + margin), positives and negatives weighted equally.
 Every fifth prompt of each side is held out and reports accuracy before and after. Held-out
 (out-of-domain) templates and the evaluation part of the general instructions are never used.
@@ -614,6 +617,7 @@ def main(argv=None) -> dict:
     if not args.skip_row:
         res.update(refit(model, records, args, concepts))
         model.config.extra["refit_decision"] = {k: v for k, v in res.items() if k != "pret_row"}
+        model.config.ret_first = True  # the decision is fit at the first answer position: the chat takes <ret> only there
     if args.refit_wt:
         res["refit_w_t"] = model.config.extra["refit_w_t_first_ret"] = refit_w_t_first_ret(model, records, args,
                                                                                         concepts, valid)
