@@ -56,6 +56,7 @@ def test_eval_reproduces_the_published_quick_eval(open_corpus):
     # natural prompts through the chat itself (few-shot prompt, guards, the app's gallery)
     assert got["prompt"] == want["prompt"] == "fewshot" and got["query_layer"] == want["query_layer"]
     assert got["natural"]["message_mix"] == want["natural"]["message_mix"] == ChatSettings().message_mix
+    assert got["natural"]["ret_first"] is want["natural"]["ret_first"] is True  # the adapter's: <ret> first only
     for t, row in want["natural"].items():
         if not isinstance(row, dict):  # guards, message_mix
             continue
