@@ -498,10 +498,10 @@ class Reply:
 class Guards:
     """Decoding guards of one reply (StickerChat's policy): a repetition penalty on the user's
     message and the reply so far, no repeated n-gram within the reply, letters only of the scripts
-    the user wrote in, one sticker gallery per reply (with `ret_first`, only at its first position), no line break before the reply has said
-    anything (one line per reply), and no words that begin with a comma or a full stop after the
-    reply's gallery (`<ret></ret>，谢谢` read as a reply starting with "，"). `apply_guards` applies
-    those of many replies at once."""
+    the user wrote in, one sticker gallery per reply (with `ret_first`, only as its first token), no
+    line break before the reply has said anything (one line per reply), and no words that begin with
+    a comma or a full stop after the reply's gallery (`<ret></ret>，谢谢` read as a reply starting with
+    "，"). `apply_guards` applies those of many replies at once."""
 
     def __init__(self, model: StickerLLM, s: ChatSettings, user: str, stop_text: str | None):
         self.s = s
