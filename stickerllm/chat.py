@@ -82,6 +82,10 @@ class ChatSettings:
     max_message_chars: int = 4000  # longer messages are cut to this
     max_input_tokens: int = 2048  # older turns are dropped to fit (the few-shot preamble not counted)
 
+    def takes_ret_first(self, model) -> bool:
+        """Whether `<ret>` is taken only as a reply's first token for `model`: this setting, else its adapter's."""
+        return bool(model.config.ret_first if self.ret_first is None else self.ret_first)
+
     def checked(self) -> "ChatSettings":
         """A copy with every field in range (ValueError names the field otherwise). Checked settings
         pass through unchanged: the request's boundary (the app, the service, `chat_stream`) checks
@@ -507,7 +511,7 @@ class Guards:
         self.s = s
         self.ret = model.specials.ret
         self.retrieved = False  # one sticker gallery per reply
-        self.ret_first = bool(model.config.ret_first if s.ret_first is None else s.ret_first)
+        self.ret_first = s.takes_ret_first(model)
         self.ids: list[int] = []  # the reply's tokens, specials included
         self.seen = set(model.builder.text(user)) if s.repetition_penalty > 1 else set()
         self._seen_ids = None  # `seen` as a sorted LongTensor, made again when it grows

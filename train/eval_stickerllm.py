@@ -265,7 +265,7 @@ def main(argv=None) -> dict:
         result["natural"]["message_mix"] = base.message_mix
         result["natural"]["beta"] = base.beta
         result["natural"]["greedy_ret"] = base.greedy_ret
-        result["natural"]["ret_first"] = bool(model.config.ret_first if base.ret_first is None else base.ret_first)
+        result["natural"]["ret_first"] = base.takes_ret_first(model)
     if "tool_selection" in result:
         result["tool_selection"] = dict(sorted(result["tool_selection"].items()))
     result["seconds"] = round(time.time() - t0, 1)
