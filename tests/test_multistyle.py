@@ -442,6 +442,11 @@ def test_lock_image_trains_only_the_text_side_with_attention_pooling(corpus, tmp
     log3 = [json.loads(line) for line in (tmp_path / "lit3" / "log.jsonl").read_text().splitlines()]
     assert log3[0]["msg"].startswith(f"training on {n} stickers") and log3[0]["train_on_valid"]
     assert not any(r["msg"] == "validation" for r in log3) and res["best"] == {"step": 2}
+    # the views file is shared by runs on other stickers: only the valid split's were computed and added
+    n_valid = sum(r.art != holdout for r in read_jsonl(out / "valid.jsonl"))
+    computed = [r["msg"] for r in log3 if r["msg"].startswith("views: 0/")]
+    assert len(computed) == 1 and computed[0].startswith(f"views: 0/{n_valid} stickers")
+    assert len(list((tmp_path / "lit" / "cache").glob("views-*.npz"))) == 1
     with pytest.raises(ValueError, match="token states"):
         llm_states(lit, ["晚安"], None, print)
     # packed token states pad a batch and mask the padding

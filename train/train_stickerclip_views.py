@@ -235,16 +235,7 @@ def cached_inputs(run: Run) -> Inputs:
     train_concepts = {r.concept for r in train}
     forms, viewsets = qf.training_forms(train, {k: v for k, v in run.concepts.items() if k in train_concepts},
                                         args.name_precedence)
-    key = hashlib.sha256(json.dumps([trunk_identity(model, run.start), [r.id for r in train], args.views, run.start,
-                                     args.seed]).encode()).hexdigest()[:16]
-    vpath = run.cache / f"views-{key}.npz"
-    if vpath.is_file():
-        with np.load(vpath) as z:
-            maps, owner = z["maps"], z["owner"]
-        run.log(f"views from {vpath}", rows=len(maps))
-    else:
-        maps, owner = cache_views(model, train, args.views, run.start, args.seed, run.log)
-        np.savez(vpath, maps=maps, owner=owner)
+    maps, owner = stored_views(run)
     if run.lock:
         maps = locked_embeddings(model, maps, run.start)
     rows_of = [np.flatnonzero(owner == i) for i in range(len(train))]
@@ -254,6 +245,37 @@ def cached_inputs(run: Run) -> Inputs:
     else:
         states = llm_token_states(model, texts, str(run.cache / "text-tokens.npz"), run.log)
     return Inputs(maps, rows_of, forms, viewsets, states)
+
+
+def stored_views(run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """The training stickers' cached views, in training order: read from the --cache file of this tower,
+    view count and seed, and the stickers it lacks computed and added to it (a sticker's views depend on
+    its id and picture, not on the other stickers: runs on more or fewer stickers share one file). Views
+    are found by sticker id, as before by the list of ids: a corpus rebuilt with other pictures under the
+    same ids needs another --cache."""
+    args, model, train = run.args, run.model, run.train
+    key = hashlib.sha256(json.dumps([trunk_identity(model, run.start), args.views, run.start,
+                                     args.seed]).encode()).hexdigest()[:16]
+    vpath = run.cache / f"views-{key}.npz"
+    ids, maps, owner = [], None, np.zeros(0, np.int64)
+    if vpath.is_file():
+        with np.load(vpath) as z:
+            ids, maps, owner = z["ids"].tolist(), z["maps"], z["owner"]
+        run.log(f"views from {vpath}", stickers=len(ids), rows=len(maps))
+    known = set(ids)
+    todo = [r for r in train if r.id not in known]
+    if todo:
+        new_maps, new_owner = cache_views(model, todo, args.views, run.start, args.seed, run.log)
+        maps = new_maps if maps is None else np.concatenate([maps, new_maps])
+        owner = np.concatenate([owner, new_owner + len(ids)])
+        ids = ids + [r.id for r in todo]
+        np.savez(vpath, ids=np.array(ids), maps=maps, owner=owner)
+    rows_of = {i: [] for i in range(len(ids))}
+    for row, i in enumerate(owner.tolist()):
+        rows_of[i].append(row)
+    at = {sid: i for i, sid in enumerate(ids)}
+    pick = [rows_of[at[r.id]] for r in train]
+    return maps[np.concatenate(pick)], np.repeat(np.arange(len(train)), [len(p) for p in pick])
 
 
 def trunk_identity(model, start: int | None) -> str:
