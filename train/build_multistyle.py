@@ -2,7 +2,7 @@
 
     python -m train.emoji_styles --fetch SRC                       # npm art + CLDR words, once
     python -m train.build_multistyle --out DIR --sources SRC [--styles twemoji,noto,fluent,fluent-hc,openmoji]
-        [--holdout openmoji] [--seed 0] [--limit N] [--workers 2]
+        [--holdout openmoji] [--seed 0] [--limit N] [--workers 2] [--icons SRC]
 
 Concepts are the tone-less emoji of `build_open_stickers.discover()`; each gets a static sticker in
 every style that draws it, and, in the trained styles, by a seeded draw a captioned sticker (a
@@ -10,7 +10,9 @@ phrase set in Noto Sans CJK, recorded as OCR), a disc sticker and an animated GI
 concept group across all styles (a concept's every rendering is in one split). The `--holdout` style
 is never trained on: its stickers are written to `holdout.jsonl` for every split and left out of
 `train.jsonl`. Records carry `concept` (the emoji key) and `art` (the style). `concepts.json` holds
-each concept's words (CLDR name and keywords, zh and en), emotions, category and split.
+each concept's words (CLDR name and keywords, zh and en), emotions, category and split. `--icons SRC`
+adds the icon concepts of `train.icon_concepts` (`python -m train.icon_concepts --fetch SRC`) to the
+training split only, without those that share a word with a valid or test concept.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from stickerclip.data import StickerRecord, write_jsonl
 from train import build_open_stickers as bos
 from train.emoji_styles import STYLE_INFO, load_styles, load_words, norm_key
+from train.icon_concepts import CEDICT_ATTRIBUTION, ICON_SETS, build_icons
 from train.open_sticker_table import PHRASES
 
 SIZE = bos.SIZE
@@ -113,6 +116,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="at most this many concept groups")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument("--icons", default=None, metavar="SRC",
+                    help="add the icon concepts of train.icon_concepts (fetched into SRC) to the training split")
     args = ap.parse_args(argv)
     t0 = time.time()
     names = [s for s in args.styles.split(",") if s]
@@ -150,6 +155,12 @@ def main(argv=None) -> dict:
             by_split["holdout" if r["art"] == args.holdout else splits[a.group]].append(rec)
             if r["art"] == args.holdout and splits[a.group] != "train":
                 by_split[splits[a.group]].append(rec)  # held-out style stickers are in valid/test galleries too
+    icon_counts = {}
+    if args.icons:
+        held_out = {k: c for k, c in concepts.items() if c["split"] != "train"}
+        icon_recs, icon_concepts, icon_counts = build_icons(out, args.icons, held_out, args.seed)
+        by_split["train"] += [StickerRecord(**r) for r in icon_recs]
+        concepts.update(icon_concepts)
     for name, recs in by_split.items():
         write_jsonl(recs, out / f"{name}.jsonl")
     everything = {r.id: r for recs in by_split.values() for r in recs}
@@ -158,6 +169,9 @@ def main(argv=None) -> dict:
     lic = "# Licences and attribution\n\n" + "".join(f"- **{n}** ({STYLE_INFO[n][1]}): {STYLE_INFO[n][2]}."
                                                      + (" Held out of training." if n == args.holdout else "") + "\n"
                                                      for n in names)
+    if args.icons:
+        lic += "".join(f"- **{n}** icons ({v[1]}): {v[2]}. Training only.\n" for n, v in ICON_SETS.items())
+        lic += f"- **Icon words**: {CEDICT_ATTRIBUTION}.\n"
     lic += LICENSE_TAIL
     (out / "LICENSES.md").write_text(lic, encoding="utf-8")
     stats = {"seed": args.seed, "styles": names, "holdout": args.holdout, "concepts": len(concepts),
@@ -165,7 +179,7 @@ def main(argv=None) -> dict:
              "per_style": {n: sum(1 for r in everything.values() if r.art == n) for n in names},
              "captioned": sum(1 for r in everything.values() if r.ocr),
              "animated": sum(1 for r in everything.values() if r.image.endswith(".gif")),
-             "bytes": sum(os.path.getsize(r.image) for r in everything.values())}
+             "bytes": sum(os.path.getsize(r.image) for r in everything.values()), **icon_counts}
     (out / "corpus.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({**stats, "seconds": round(time.time() - t0, 1)}, ensure_ascii=False))
     return stats

@@ -78,15 +78,20 @@ def fetch(dest: str | Path) -> Path:
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name, spec in NPM.items():
-        target = dest / name
-        if (target / "package").is_dir():
-            continue
-        tgz = subprocess.run(["npm", "pack", "--silent", spec], cwd=dest, check=True, capture_output=True,
-                             text=True).stdout.strip().splitlines()[-1]
-        with tarfile.open(dest / tgz) as tf:
-            tf.extractall(target, filter="data")
-        (dest / tgz).unlink()
+        npm_unpack(spec, dest / name)
     return dest
+
+
+def npm_unpack(spec: str, target: Path) -> None:
+    """`npm pack SPEC` and unpack it into TARGET (TARGET/package/...), unless it is there already."""
+    if (target / "package").is_dir():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tgz = subprocess.run(["npm", "pack", "--silent", spec], cwd=target.parent, check=True, capture_output=True,
+                         text=True).stdout.strip().splitlines()[-1]
+    with tarfile.open(target.parent / tgz) as tf:
+        tf.extractall(target, filter="data")
+    (target.parent / tgz).unlink()
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -122,11 +127,15 @@ def iconify_set(folder: str | Path, color: str = "#000000") -> dict[str, Callabl
         icon = bodies.get(name)
         if icon is None:
             continue
-        iw, ih = icon.get("width", w), icon.get("height", h)
-        body = icon["body"].replace("currentColor", color)
-        svg = f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {iw} {ih}" width="{iw}" height="{ih}">{body}</svg>'
-        out.setdefault(norm_key(hexes), (lambda s=svg: render_svg(s)))
+        out.setdefault(norm_key(hexes), (lambda s=iconify_svg(icon, w, h, color): render_svg(s)))
     return out
+
+
+def iconify_svg(icon: dict, width: int, height: int, color: str) -> str:
+    """One icon of an @iconify-json set as an SVG document (the set's size unless the icon has its own)."""
+    iw, ih = icon.get("width", width), icon.get("height", height)
+    body = icon["body"].replace("currentColor", color)
+    return f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {iw} {ih}" width="{iw}" height="{ih}">{body}</svg>'
 
 
 def twemoji_folder() -> Path:
