@@ -7,7 +7,7 @@ is followed by `<ret>` at the first answer position, where the default adapter n
 hidden state there, at every `--layers` layer, is mapped to StickerCLIP's image space by ridge
 regression (features standardised; λ picked on the last 300 training stickers, or a fifth of
 them), fit on the train split and scored on the test split: T2I MR against the test stickers, next
-to the shipped W_t on the last layer and StickerCLIP's own text tower. Prints a table and one JSON line. Evidence for
+to the adapter's own W_t at its query layer and StickerCLIP's own text tower. Prints a table and one JSON line. Evidence for
 what limits retrieval, not a training recipe: the adapter reads its query after `query_layer`, which
 `train.refit_decision --layers` chooses.
 """
@@ -23,29 +23,25 @@ import torch
 
 from stickerclip.data import build_text, read_records
 from stickerclip.metrics import paired_ranks, recall_from_ranks
-from stickerllm.tokens import RET
 from train.build_instructions import make
 from train.common import ridge_fit, usable
+from train.refit_decision import ret_batch
 
 
 def states(model, records, layers: list[int], seed: int, batch_size: int = 16) -> dict[int, np.ndarray]:
-    """{layer: (N, H)} hidden states at `<ret>` after each record's t2i instruction (with `<pret>`)."""
+    """{layer: (N, H)} hidden states at `<ret>` after each record's t2i instruction (with `<pret>`),
+    the few-shot preamble's KV cache computed once per batch (`train.refit_decision.ret_batch`)."""
     rng = random.Random(seed)
     out = {k: [] for k in layers}
     for start in range(0, len(records), batch_size):
-        encs = []
-        for r in records[start:start + batch_size]:
-            ins = make("t2i", r, records, rng, "in", pret=True)
-            e = model.builder.encode([{"role": "user", "content": ins.instruction}], pret=True)
-            e.extend([model.specials.ret], special=RET)
-            encs.append(e)
+        prompts = [(make("t2i", r, records, rng, "in", pret=True).instruction, [], True)
+                   for r in records[start:start + batch_size]]
         with torch.inference_mode():
-            embeds, mask = model.left_padded(encs)  # (B, T, H), (B, T): `<ret>` is every row's last token
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            hs = model.body(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
-                            output_hidden_states=True).hidden_states
+            b, kw = ret_batch(model, prompts, {})
+            hs = model.hidden_states(b, layers=True, **kw)  # per layer (B, T, H); `<ret>` at b["ret_pos"]
+        rows, at = torch.arange(len(prompts)), b["ret_pos"]
         for k in layers:
-            out[k].append(hs[k][:, -1].float().numpy())
+            out[k].append(hs[k][rows, at].float().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -76,15 +72,17 @@ def main(argv=None) -> dict:
     train = random.Random(0).sample(train, min(args.n_train, len(train)))
     test = usable(list(read_records(args.data, split="test")))[:args.n_test]
     n_layers = model.llm.config.get_text_config().num_hidden_layers
+    q_layer = model.config.query_layer or n_layers  # where the adapter reads its query (0: the last)
     layers = sorted({int(x) for x in args.layers.split(",")} | {n_layers})
     y_train = model.clip.encode_images(train)
     img_test = model.clip.encode_images(test)
-    h_train, h_test = states(model, train, layers, 1), states(model, test, layers, 2)
-    res = {"n_train": len(train), "n_test": len(test)}
+    read = sorted(set(layers) | {q_layer})
+    h_train, h_test = states(model, train, read, 1), states(model, test, read, 2)
+    res = {"n_train": len(train), "n_test": len(test), "query_layer": q_layer}
     txt = model.clip.encode_texts([build_text(r, shuffle=False) for r in test])
     res["stickerclip_t2i_mr"] = mr(txt, img_test)
     with torch.no_grad():
-        res["shipped_w_t_last_layer_mr"] = mr(model.query(torch.from_numpy(h_test[n_layers])).numpy(), img_test)
+        res["shipped_w_t_mr"] = mr(model.query(torch.from_numpy(h_test[q_layer])).numpy(), img_test)
     probes = {}
     for k in layers:
         mu, sd = h_train[k].mean(0), h_train[k].std(0) + 1e-6
@@ -97,8 +95,8 @@ def main(argv=None) -> dict:
         probes[k]["ratio"] = round(probes[k]["test_mr"] / res["stickerclip_t2i_mr"], 3)
     res["probes"] = probes
     res["seconds"] = round(time.time() - t0)
-    print(f"StickerCLIP T2I MR {res['stickerclip_t2i_mr']}; shipped W_t (last layer) "
-          f"{res['shipped_w_t_last_layer_mr']}; test n {len(test)}")
+    print(f"StickerCLIP T2I MR {res['stickerclip_t2i_mr']}; the adapter's W_t (after layer {q_layer}) "
+          f"{res['shipped_w_t_mr']}; test n {len(test)}")
     print("| layer | ridge λ | T2I MR | ratio to StickerCLIP |\n|---:|---:|---:|---:|")
     for k, p in probes.items():
         print(f"| {k}{' (last)' if k == n_layers else ''} | {p['lambda']:g} | {p['test_mr']} | {p['ratio']} |")

@@ -1,4 +1,5 @@
 """The benchmark scripts run (tiny sizes, CPU): they are measurements elsewhere, not here."""
+import json
 from pathlib import Path
 
 from bench import bench_clip_gpu
@@ -51,7 +52,6 @@ def test_app_load_bench_smoke(tmp_path, monkeypatch, capsys):
     """The load bench against the tiny app (launched here, queue of 4): sessions keep their own
     histories, nothing fails under load, a burst past the queue is turned away politely and the app
     answers afterwards. (The full run starts the app in a process of its own: bench.bench_app_load.)"""
-    import json
 
     import app
     from bench import bench_app_load
@@ -99,13 +99,16 @@ def test_app_memory_bench_smoke(tmp_path, monkeypatch):
 
 def test_ret_layer_probe_runs_small(open_corpus, capsys):
     """bench.probe_ret_layers on the default adapter, a few stickers: one probe per layer asked for
-    plus the last, each with a ratio to StickerCLIP."""
+    plus the last, each with a ratio to StickerCLIP, and the adapter's own W_t at its query layer."""
     from bench import probe_ret_layers
 
     res = probe_ret_layers.main(["--data", str(open_corpus), "--n-train", "40", "--n-test", "24", "--layers", "3"])
     assert sorted(res["probes"]) == [3, 18] and res["n_test"] == 24
     assert all(0 < p["test_mr"] <= 100 and p["ratio"] > 0 for p in res["probes"].values())
-    assert 0 < res["stickerclip_t2i_mr"] <= 100 and "| 18 (last) |" in capsys.readouterr().out
+    shipped = json.loads((ROOT / "assets" / "stickerllm" / "config.json").read_text())
+    assert res["query_layer"] == (shipped["query_layer"] or 18) and 0 < res["shipped_w_t_mr"] <= 100
+    assert 0 < res["stickerclip_t2i_mr"] <= 100
+    assert "| 18 (last) |" in capsys.readouterr().out
 
 
 def test_bench_never_imports_tests():
@@ -137,7 +140,6 @@ def test_bench_never_imports_tests():
 def test_judged_replies_are_scored_per_setting_and_paired(tmp_path):
     """bench.judge_replies score: the share judged fit per setting, how often each won a prompt, and a
     marks file that does not match the key is refused, naming it."""
-    import json
 
     import pytest
 

@@ -67,7 +67,7 @@ def parse_args(argv=None):
     ap.add_argument("--prompt", default=None, help="override the adapter's prompt style (stickerllm.prompt.STYLES)")
     ap.add_argument("--natural-set", default="eval", help="eval (the held-out natural prompts), valid (40 "
                     "sticker requests for choosing settings), fresh (40 more, read once), decide (64, half not "
-                    "requests) or a jsonl of the same fields")
+                    "requests), decide_fresh (64 more of the same kinds) or a jsonl of the same fields")
     ap.add_argument("--message-mix", type=float, default=None,
                     help="the <ret> query's share of natural replies' retrieval, the rest the user's message "
                          "(ChatSettings.message_mix; 1: the <ret> query only; default: the app's)")

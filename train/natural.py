@@ -30,7 +30,10 @@ NATURAL_FRESH = Path(__file__).resolve().parent / "data" / "natural_fresh.jsonl"
 # 64 more, half of them not requests (many state a trouble, then ask; some compare two subjects), written in the
 # fifteenth session to measure whether to retrieve; no training message was written after reading them
 NATURAL_DECIDE = Path(__file__).resolve().parent / "data" / "natural_decide.jsonl"
-NATURAL_SETS = {"eval": NATURAL_EVAL, "valid": NATURAL_VALID, "fresh": NATURAL_FRESH, "decide": NATURAL_DECIDE}
+# 64 more of the same kinds, written in the seventeenth session before anything was measured or tuned on them
+NATURAL_DECIDE_FRESH = Path(__file__).resolve().parent / "data" / "natural_decide_fresh.jsonl"
+NATURAL_SETS = {"eval": NATURAL_EVAL, "valid": NATURAL_VALID, "fresh": NATURAL_FRESH, "decide": NATURAL_DECIDE,
+                "decide_fresh": NATURAL_DECIDE_FRESH}
 
 REQUEST_ZH = ["{}", "{}！", "来点{}的", "整个{}表情", "有{}的图吗", "发一张{}", "我需要一个{}的表情包", "{}的图来一张",
               "给我来个{}", "求{}表情", "有没有那种{}的", "找个{}", "想要{}的贴纸", "斗图！{}", "搞个{}的图", "我要{}",
