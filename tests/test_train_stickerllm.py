@@ -89,8 +89,13 @@ def test_train_resume_and_eval(setup, tmp_path, monkeypatch, capsys):
     assert cfg["output_rows"] and fit["ret_targets"] > 0 and fit["loss_after"] < fit["loss_before"]
     assert all(r["lm"] > 0 and "t2i" in r for r in rows if "lm" in r)
     capsys.readouterr()
+    from stickerclip.data import read_jsonl
+    gallery = tmp_path / "gallery"  # a small one: the app's 3,923 stickers would be indexed with the tiny model
+    gallery.mkdir()
+    write_jsonl(list(read_jsonl(setup / "test.jsonl")), gallery / "all.jsonl")
     result = eval_stickerllm.main(["--model", str(out), "--data", str(setup), "--split", "test", "--n-tool", "2",
-                                   "--n-general", "3", "--tool-tokens", "3", "--general-tokens", "3"])
+                                   "--n-general", "3", "--tool-tokens", "3", "--general-tokens", "3",
+                                   "--gallery", str(gallery), "--n-natural", "4", "--natural-tokens", "3"])
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed == result
     assert sorted(result["tool_selection"]) == ["a", "b", "c", "d", "e"]
@@ -98,6 +103,10 @@ def test_train_resume_and_eval(setup, tmp_path, monkeypatch, capsys):
     assert result["retrieval"]["n"] == 8 and set(result["retrieval"]["t2i"]) == {"R@1", "R@5", "R@10", "MR"}
     assert 0 <= result["retrieval"]["chat_t2i"]["MR"] <= 100 and "chat_t2i_mr_ratio" in result["retrieval"]
     assert 0 <= result["general_unchanged"]["identical"] <= result["tool_selection"]["a"]["accuracy"]
+    for t in ("t0", f"t{ChatSettings().temperature:g}"):  # through the chat, greedy and at the app's temperature
+        nat = result["natural"][t]
+        assert nat["n_requests"] + nat["n_others"] == 4 and len(nat["replies"]) == 4
+        assert all(len(r["stickers"]) <= 4 for r in nat["replies"])
 
 
 def test_refit_decision_fits_the_greedy_choice(setup, tmp_path, monkeypatch, capsys):
